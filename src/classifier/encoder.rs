@@ -1,0 +1,181 @@
+//! The sentence encoder: all-MiniLM-L6-v2 through candle-transformers' BERT and the `tokenizers`
+//! crate, producing the same embeddings as sentence-transformers (attention-masked mean pooling of
+//! the last hidden state, then L2 normalisation).
+//!
+//! Two ways to turn text into token ids:
+//! - [`Encoder::tokenize_text`]: one text, cut to the window from the head, exactly as
+//!   sentence-transformers does (used by the parity test and for plain texts);
+//! - [`Encoder::tokenize_prompt`]: Ladder's routing rule for chat prompts. The window (256 tokens,
+//!   with `[CLS]` and `[SEP]`) is shared between the system prompt and the last user turn: the system
+//!   prompt keeps at most a quarter of it (its head); the user turn gets the rest, and when it does
+//!   not fit, its head (two thirds of its share) and its tail (one third) are kept, since requests
+//!   usually state the task at the start or the end. The result says whether anything was cut.
+
+use anyhow::{Context, anyhow};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+pub const EMBEDDING_DIM: usize = 384;
+
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    cls: u32,
+    sep: u32,
+    max_tokens: usize,
+}
+
+/// Token ids ready for the model (special tokens included) and whether the text was cut.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    pub ids: Vec<u32>,
+    pub truncated: bool,
+}
+
+impl Encoder {
+    /// Load config.json, model.safetensors and tokenizer.json from `dir`.
+    pub fn load(dir: &Path, max_tokens: usize) -> anyhow::Result<Encoder> {
+        let hint = "run scripts/fetch-model.sh to install the encoder weights";
+        let config: BertConfig = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json ({hint})", dir.display()))?,
+        )
+        .context("parsing the encoder config.json")?;
+        let mut tokenizer =
+            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow!("loading {}/tokenizer.json: {e} ({hint})", dir.display()))?;
+        // The shipped tokenizer.json pads and truncates to 128; Ladder manages both itself.
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(|e| anyhow!("disabling truncation: {e}"))?;
+        let cls = tokenizer.token_to_id("[CLS]").ok_or_else(|| anyhow!("tokenizer has no [CLS]"))?;
+        let sep = tokenizer.token_to_id("[SEP]").ok_or_else(|| anyhow!("tokenizer has no [SEP]"))?;
+        let device = Device::Cpu;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            anyhow::bail!("{} is missing ({hint})", weights.display());
+        }
+        // SAFETY: the weights file is memory-mapped read-only and not modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        let model = BertModel::load(vb, &config).context("loading BERT weights")?;
+        Ok(Encoder { model, tokenizer, device, cls, sep, max_tokens: max_tokens.clamp(8, 512) })
+    }
+
+    fn ids(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+    }
+
+    fn wrap(&self, body: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(self.max_tokens);
+        ids.push(self.cls);
+        ids.extend(body);
+        ids.push(self.sep);
+        ids
+    }
+
+    /// One text, head-truncated like sentence-transformers.
+    pub fn tokenize_text(&self, text: &str) -> anyhow::Result<Tokenized> {
+        let ids = self.ids(text)?;
+        let budget = self.max_tokens - 2;
+        let truncated = ids.len() > budget;
+        Ok(Tokenized { ids: self.wrap(ids.into_iter().take(budget)), truncated })
+    }
+
+    /// A chat prompt (system prompt + last user turn) under Ladder's truncation rule.
+    pub fn tokenize_prompt(&self, system: &str, user: &str) -> anyhow::Result<Tokenized> {
+        if system.trim().is_empty() {
+            return self.tokenize_head_tail(user);
+        }
+        let sys = self.ids(system)?;
+        let usr = self.ids(user)?;
+        let budget = self.max_tokens - 3; // [CLS] system [SEP] user [SEP]
+        let sys_keep = sys.len().min(budget / 4).min(budget.saturating_sub(usr.len()).max(budget / 4));
+        let user_budget = budget - sys_keep;
+        let (user_ids, user_cut) = head_tail(&usr, user_budget);
+        let mut ids = Vec::with_capacity(self.max_tokens);
+        ids.push(self.cls);
+        ids.extend_from_slice(&sys[..sys_keep]);
+        ids.push(self.sep);
+        ids.extend(user_ids);
+        ids.push(self.sep);
+        Ok(Tokenized { ids, truncated: user_cut || sys_keep < sys.len() })
+    }
+
+    fn tokenize_head_tail(&self, text: &str) -> anyhow::Result<Tokenized> {
+        let ids = self.ids(text)?;
+        let (kept, truncated) = head_tail(&ids, self.max_tokens - 2);
+        Ok(Tokenized { ids: self.wrap(kept), truncated })
+    }
+
+    /// Embed a batch of tokenized inputs: one L2-normalised vector each.
+    pub fn embed(&self, batch: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max_len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        let n = batch.len();
+        let mut ids = Vec::with_capacity(n * max_len);
+        let mut mask = Vec::with_capacity(n * max_len);
+        for seq in batch {
+            ids.extend_from_slice(seq);
+            ids.extend(std::iter::repeat_n(0u32, max_len - seq.len()));
+            mask.extend(std::iter::repeat_n(1u32, seq.len()));
+            mask.extend(std::iter::repeat_n(0u32, max_len - seq.len()));
+        }
+        let input_ids = Tensor::from_vec(ids, (n, max_len), &self.device)?;
+        let attention = Tensor::from_vec(mask, (n, max_len), &self.device)?;
+        let token_types = input_ids.zeros_like()?;
+        let hidden = self.model.forward(&input_ids, &token_types, Some(&attention))?; // (n, len, 384)
+        let mask_f = attention.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, 384)
+        let counts = mask_f.sum(1)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+        let normed = mean.broadcast_div(&norms)?;
+        Ok(normed.to_vec2::<f32>()?)
+    }
+
+    /// Convenience: embed plain texts (head truncation).
+    pub fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let toks: Vec<Tokenized> = texts.iter().map(|t| self.tokenize_text(t)).collect::<anyhow::Result<_>>()?;
+        let refs: Vec<&[u32]> = toks.iter().map(|t| t.ids.as_slice()).collect();
+        self.embed(&refs)
+    }
+
+    /// Number of tokens of a text without special tokens or truncation.
+    pub fn count_tokens(&self, text: &str) -> anyhow::Result<usize> {
+        Ok(self.ids(text)?.len())
+    }
+}
+
+/// Keep `ids` whole if they fit in `budget`, else their head (2/3) and tail (1/3).
+fn head_tail(ids: &[u32], budget: usize) -> (Vec<u32>, bool) {
+    if ids.len() <= budget {
+        return (ids.to_vec(), false);
+    }
+    let head = budget * 2 / 3;
+    let tail = budget - head;
+    let mut out = Vec::with_capacity(budget);
+    out.extend_from_slice(&ids[..head]);
+    out.extend_from_slice(&ids[ids.len() - tail..]);
+    (out, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_tail_keeps_both_ends() {
+        let ids: Vec<u32> = (0..100).collect();
+        let (kept, cut) = head_tail(&ids, 30);
+        assert!(cut);
+        assert_eq!(kept.len(), 30);
+        assert_eq!(&kept[..20], &ids[..20]);
+        assert_eq!(&kept[20..], &ids[90..]);
+        let (kept, cut) = head_tail(&ids[..10], 30);
+        assert!(!cut);
+        assert_eq!(kept.len(), 10);
+    }
+}

@@ -1,0 +1,431 @@
+//! The typed, validated configuration: providers, the model catalogue, routing, timeouts, retries,
+//! the circuit breaker, the decision log and the classifier.
+//!
+//! Loaded once from TOML at start-up. Unknown keys are rejected (a typo must not silently disable a
+//! setting) and [`Config::validate`] checks every cross-reference, so a bad config fails before the
+//! server listens, with a message that names the offending field.
+
+use crate::task::Task;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub retries: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub checks: CheckConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long SIGTERM waits for in-flight requests before giving up on them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:4000".into(), max_body_bytes: 4 * 1024 * 1024, shutdown_grace_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file (WAL mode).
+    pub path: PathBuf,
+    /// Keep prompt text in decision records; when false only its SHA-256 is kept.
+    pub keep_prompts: bool,
+    /// Most records committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: PathBuf::from("ladder.db"), keep_prompts: true, max_batch: 256 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierConfig {
+    /// Score prompts with the embedding model. When false, `auto` routes on hints and the default task.
+    pub enabled: bool,
+    /// Sentence-encoder directory (config.json, model.safetensors, tokenizer.json).
+    pub model_dir: PathBuf,
+    /// Directory holding the trained heads (`current.json` names the active version).
+    pub heads_dir: PathBuf,
+    /// Inference threads (each runs whole batches).
+    pub workers: usize,
+    /// Largest batch one forward pass takes.
+    pub max_batch: usize,
+    /// Prompts waiting for inference; when full, requests route by the fallback policy instead.
+    pub queue_capacity: usize,
+    /// Token budget per prompt (the encoder's limit is 256).
+    pub max_tokens: usize,
+    /// Cached embeddings for repeated prompts (0 disables the cache).
+    pub cache_entries: usize,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            enabled: true,
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            heads_dir: PathBuf::from("models/heads"),
+            workers: 1,
+            max_batch: 32,
+            queue_capacity: 512,
+            max_tokens: 256,
+            cache_entries: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The cost/quality knob: the cheapest model whose P(success) reaches this is picked.
+    pub threshold: f64,
+    /// Task used by `auto` when there is no hint and no classifier score.
+    pub default_task: Task,
+    /// Top task probability below which the classification counts as low-confidence.
+    pub min_task_confidence: f64,
+    /// Explicit per-task chains (model names, cheapest first). Tasks not listed get a chain built
+    /// from quality and price.
+    pub chains: BTreeMap<Task, Vec<String>>,
+    /// Expected completion length, for expected-cost estimates when the caller sets no max.
+    pub expected_output_tokens: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            threshold: 0.7,
+            default_task: Task::Chat,
+            min_task_confidence: 0.35,
+            chains: BTreeMap::new(),
+            expected_output_tokens: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// One upstream attempt, start to last byte (non-streaming).
+    pub attempt_ms: u64,
+    /// Streaming: time allowed until the first output chunk.
+    pub first_byte_ms: u64,
+    /// Streaming: longest silence between chunks once output has started.
+    pub idle_ms: u64,
+    /// The whole chain, all attempts and backoffs included.
+    pub total_ms: u64,
+    pub connect_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig { attempt_ms: 60_000, first_byte_ms: 20_000, idle_ms: 30_000, total_ms: 120_000, connect_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries on the same model (after the first attempt) before moving up the chain.
+    pub max_per_model: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A `retry-after` longer than this moves up the chain instead of waiting.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { max_per_model: 1, backoff_base_ms: 100, backoff_max_ms: 2_000, max_retry_after_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failed attempts that open a model's breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker skips the model before letting one probe through.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failure_threshold: 5, cooldown_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    pub empty_content: bool,
+    /// `finish_reason: length` when the caller set no output limit.
+    pub truncation: bool,
+    /// Invalid JSON when `response_format` asked for JSON.
+    pub json: bool,
+    /// Answers that open with a refusal ("I'm sorry, but I can't ...").
+    pub refusal: bool,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig { empty_content: true, truncation: true, json: true, refusal: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible Chat Completions server.
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (keys are never written in config).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Catalogue name clients use in `model`.
+    pub name: String,
+    pub provider: String,
+    /// Model id sent upstream (defaults to `name`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// USD per million input tokens.
+    pub input_price: f64,
+    /// USD per million output tokens.
+    pub output_price: f64,
+    pub context_window: u64,
+    /// Largest completion the model produces.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// e.g. `tools`, `vision`, `json`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Expected success rate (0..1) on a typical prompt of each task; `default` covers the rest.
+    pub quality: QualityTable,
+    /// Explicit fallbacks when a client names this model (else the quality-first chain).
+    #[serde(default)]
+    pub fallbacks: Option<Vec<String>>,
+}
+
+/// Per-task quality. (No `deny_unknown_fields` here: serde does not support it with `flatten`;
+/// unknown task names still fail, because the flattened keys must parse as [`Task`].)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QualityTable {
+    pub default: f64,
+    #[serde(flatten)]
+    pub per_task: BTreeMap<Task, f64>,
+}
+
+impl QualityTable {
+    pub fn for_task(&self, task: Task) -> f64 {
+        self.per_task.get(&task).copied().unwrap_or(self.default)
+    }
+}
+
+impl ModelConfig {
+    pub fn upstream_id(&self) -> &str {
+        self.upstream.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn has_capability(&self, cap: &str) -> bool {
+        self.capabilities.iter().any(|c| c == cap)
+    }
+
+    /// Cost in USD of a call with these token counts.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_price + output_tokens as f64 * self.output_price) / 1e6
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let config = Config::from_toml(&text).with_context(|| format!("in config {}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// Checks cross-references and ranges; every message names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.providers.is_empty() {
+            bail!("providers: at least one provider is required");
+        }
+        if self.models.is_empty() {
+            bail!("models: at least one model is required");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if !seen.insert(p.name.as_str()) {
+                bail!("providers[{i}].name: duplicate provider '{}'", p.name);
+            }
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                bail!("providers[{i}].base_url: '{}' is not an http(s) URL", p.base_url);
+            }
+            if let Some(env) = &p.api_key_env
+                && (env.is_empty() || env.contains(char::is_whitespace))
+            {
+                bail!("providers[{i}].api_key_env: '{env}' is not an environment variable name");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name == "auto" {
+                bail!("models[{i}].name: 'auto' is reserved for the router");
+            }
+            if !seen.insert(m.name.as_str()) {
+                bail!("models[{i}].name: duplicate model '{}'", m.name);
+            }
+            if self.provider(&m.provider).is_none() {
+                bail!("models[{i}].provider: unknown provider '{}' (model '{}')", m.provider, m.name);
+            }
+            if !(m.input_price >= 0.0 && m.input_price.is_finite()) {
+                bail!("models[{i}].input_price: must be a non-negative number");
+            }
+            if !(m.output_price >= 0.0 && m.output_price.is_finite()) {
+                bail!("models[{i}].output_price: must be a non-negative number");
+            }
+            if m.context_window == 0 {
+                bail!("models[{i}].context_window: must be positive");
+            }
+            let check_q = |field: String, q: f64| -> anyhow::Result<()> {
+                if !(q > 0.0 && q < 1.0) {
+                    bail!("models[{i}].quality.{field}: {q} must be strictly between 0 and 1");
+                }
+                Ok(())
+            };
+            check_q("default".into(), m.quality.default)?;
+            for (t, q) in &m.quality.per_task {
+                check_q(t.to_string(), *q)?;
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            for f in m.fallbacks.iter().flatten() {
+                if self.model(f).is_none() {
+                    bail!("models[{i}].fallbacks: unknown model '{f}'");
+                }
+            }
+        }
+        for (task, chain) in &self.routing.chains {
+            if chain.is_empty() {
+                bail!("routing.chains.{task}: empty chain");
+            }
+            for name in chain {
+                if self.model(name).is_none() {
+                    bail!("routing.chains.{task}: unknown model '{name}'");
+                }
+            }
+        }
+        if !(self.routing.threshold > 0.0 && self.routing.threshold < 1.0) {
+            bail!("routing.threshold: {} must be strictly between 0 and 1", self.routing.threshold);
+        }
+        if self.timeouts.total_ms == 0 || self.timeouts.attempt_ms == 0 || self.timeouts.first_byte_ms == 0 {
+            bail!("timeouts: attempt_ms, first_byte_ms and total_ms must be positive");
+        }
+        if self.classifier.max_batch == 0 || self.classifier.workers == 0 || self.classifier.queue_capacity == 0 {
+            bail!("classifier: workers, max_batch and queue_capacity must be positive");
+        }
+        if self.server.max_body_bytes < 1024 {
+            bail!("server.max_body_bytes: {} is too small (minimum 1024)", self.server.max_body_bytes);
+        }
+        self.server.listen.parse::<std::net::SocketAddr>().map_err(|e| anyhow::anyhow!("server.listen: '{}': {e}", self.server.listen))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[providers]]
+        name = "local"
+        kind = "openai"
+        base_url = "http://127.0.0.1:9000/v1"
+        [[models]]
+        name = "small"
+        provider = "local"
+        input_price = 0.1
+        output_price = 0.2
+        context_window = 8000
+        quality = { default = 0.5, code = 0.4 }
+    "#;
+
+    #[test]
+    fn loads_a_minimal_config() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.models[0].quality.for_task(Task::Code), 0.4);
+        assert_eq!(c.models[0].quality.for_task(Task::Math), 0.5);
+        assert_eq!(c.models[0].upstream_id(), "small");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = GOOD.replace("provider = \"local\"", "provider = \"nope\"");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("models[0].provider"), "{e}");
+        let bad = GOOD.replace("code = 0.4", "code = 1.4");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("models[0].quality.code"), "{e}");
+        let bad = GOOD.replace("context_window", "context_windw");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("context_windw"), "{e}");
+        let bad = GOOD.replace("code = 0.4", "poetry = 0.4");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("poetry"), "{e}");
+    }
+}

@@ -1,0 +1,230 @@
+//! Upstream provider adapters: the only code that knows a provider's wire format.
+//!
+//! Each adapter takes Ladder's internal request (the OpenAI [`ChatRequest`]) and a catalogue
+//! model, calls the upstream API, and returns an OpenAI-shaped [`ChatCompletion`] or a stream of
+//! OpenAI-shaped [`ChatChunk`]s. Failures are classified into [`ProviderError`] so that the
+//! executor can decide between retrying, escalating and giving up without parsing messages.
+//!
+//! - [`openai`]: any OpenAI-compatible Chat Completions server (OpenAI, vLLM, llama.cpp, Together...).
+//! - [`anthropic`]: the Anthropic Messages API, including its SSE event types.
+//! - [`sse`]: a small incremental Server-Sent-Events parser both adapters share.
+
+pub mod anthropic;
+pub mod openai;
+pub mod sse;
+
+use crate::config::{ModelConfig, ProviderConfig, ProviderKind, TimeoutConfig};
+use crate::wire::{ChatChunk, ChatCompletion, ChatRequest};
+use futures::stream::BoxStream;
+use std::time::Duration;
+
+/// Largest upstream response body Ladder will read (non-streaming).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A classified upstream failure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderError {
+    /// The upstream answered with a non-success status.
+    Status { status: u16, retry_after: Option<Duration>, message: String },
+    /// Could not connect, or the connection was reset before a response.
+    Connect(String),
+    /// No (complete) answer within the allowed time; `phase` says which limit.
+    Timeout { phase: &'static str },
+    /// A success status with a body that is not what the API promises (malformed JSON, wrong
+    /// content type, missing fields).
+    Malformed(String),
+    /// The response body exceeded [`MAX_RESPONSE_BYTES`].
+    Oversized,
+    /// A stream that broke after it started (dropped connection, missing terminator, error event).
+    Stream(String),
+}
+
+impl ProviderError {
+    /// Short machine-readable kind, for logs and decision records.
+    pub fn kind(&self) -> String {
+        match self {
+            ProviderError::Status { status, .. } => format!("http_{status}"),
+            ProviderError::Connect(_) => "connect_error".into(),
+            ProviderError::Timeout { phase } => format!("timeout_{phase}"),
+            ProviderError::Malformed(_) => "malformed_response".into(),
+            ProviderError::Oversized => "oversized_response".into(),
+            ProviderError::Stream(_) => "stream_error".into(),
+        }
+    }
+
+    /// Worth trying the same model again after a backoff.
+    pub fn retry_same_model(&self) -> bool {
+        match self {
+            ProviderError::Status { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504 | 529),
+            ProviderError::Connect(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Worth moving up the chain. Client errors the upstream blamed on the request itself (400,
+    /// 404, 422) are not: another model would reject it too, so the caller gets the error.
+    pub fn escalates(&self) -> bool {
+        match self {
+            ProviderError::Status { status, .. } => !matches!(status, 400 | 404 | 422),
+            _ => true,
+        }
+    }
+
+    /// Counts against the model's circuit breaker.
+    pub fn trips_breaker(&self) -> bool {
+        match self {
+            ProviderError::Status { status, .. } => *status == 429 || *status >= 500 || *status == 401 || *status == 403,
+            _ => true,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProviderError::Status { status, message, .. } => write!(f, "upstream returned {status}: {message}"),
+            ProviderError::Connect(m) => write!(f, "connection failed: {m}"),
+            ProviderError::Timeout { phase } => write!(f, "timed out ({phase})"),
+            ProviderError::Malformed(m) => write!(f, "malformed upstream response: {m}"),
+            ProviderError::Oversized => write!(f, "upstream response larger than {MAX_RESPONSE_BYTES} bytes"),
+            ProviderError::Stream(m) => write!(f, "upstream stream failed: {m}"),
+        }
+    }
+}
+
+/// A stream of OpenAI-shaped chunks from an upstream.
+pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
+
+/// One configured upstream.
+#[derive(Clone)]
+pub enum Provider {
+    OpenAi(openai::OpenAiProvider),
+    Anthropic(anthropic::AnthropicProvider),
+}
+
+impl Provider {
+    /// Build the adapter; reads the API key from the configured environment variable.
+    pub fn new(cfg: &ProviderConfig, http: reqwest::Client) -> anyhow::Result<Provider> {
+        let api_key = match &cfg.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("providers '{}': environment variable {var} (api_key_env) is not set", cfg.name)
+            })?),
+            None => None,
+        };
+        let base = cfg.base_url.trim_end_matches('/').to_string();
+        Ok(match cfg.kind {
+            ProviderKind::Openai => Provider::OpenAi(openai::OpenAiProvider::new(base, api_key, http)),
+            ProviderKind::Anthropic => Provider::Anthropic(anthropic::AnthropicProvider::new(base, api_key, http)),
+        })
+    }
+
+    pub async fn complete(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChatCompletion, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.complete(req, model).await,
+            Provider::Anthropic(p) => p.complete(req, model).await,
+        }
+    }
+
+    /// Start a stream: resolves once the upstream accepted the request (status and headers).
+    pub async fn stream(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChunkStream, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.stream(req, model).await,
+            Provider::Anthropic(p) => p.stream(req, model).await,
+        }
+    }
+}
+
+/// The shared HTTP client: connection pooling, connect timeout, no global request timeout (the
+/// executor sets per-attempt deadlines).
+pub fn http_client(timeouts: &TimeoutConfig) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(timeouts.connect_ms))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+/// Map a reqwest failure to a [`ProviderError`].
+pub(crate) fn classify_reqwest(e: &reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout { phase: "attempt" }
+    } else if e.is_connect() || e.is_request() {
+        ProviderError::Connect(error_chain(e))
+    } else if e.is_body() || e.is_decode() {
+        ProviderError::Stream(error_chain(e))
+    } else {
+        ProviderError::Connect(error_chain(e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// `retry-after` (seconds or HTTP date) or `retry-after-ms`.
+pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
+        && ms >= 0.0
+    {
+        return Some(Duration::from_millis(ms as u64));
+    }
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let delta = when - time::OffsetDateTime::now_utc();
+    Some(Duration::from_secs_f64(delta.as_seconds_f64().max(0.0)))
+}
+
+/// Read a whole response body, refusing more than `limit` bytes.
+pub(crate) async fn read_body_limited(resp: reqwest::Response, limit: usize) -> Result<bytes::Bytes, ProviderError> {
+    use futures::StreamExt;
+    if resp.content_length().is_some_and(|n| n as usize > limit) {
+        return Err(ProviderError::Oversized);
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ProviderError::Connect(format!("reading body: {}", error_chain(&e))))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ProviderError::Oversized);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Turn a non-success response into a [`ProviderError::Status`], keeping the upstream's message.
+pub(crate) async fn status_error(resp: reqwest::Response) -> ProviderError {
+    let status = resp.status().as_u16();
+    let retry_after = parse_retry_after(resp.headers());
+    let body = read_body_limited(resp, 64 * 1024).await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    ProviderError::Status { status, retry_after, message }
+}
+
+pub(crate) fn is_content_type(resp: &reqwest::Response, expected: &str) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with(expected))
+}

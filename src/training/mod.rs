@@ -1,0 +1,1 @@
+//! Training and evaluation of the classifier heads (see `ladder train` and `ladder eval`).
