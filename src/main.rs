@@ -53,6 +53,51 @@ enum Command {
         #[arg(long)]
         min_quality: Option<f64>,
     },
+    /// Fit new classifier heads from the seed data and write a new heads version.
+    Train {
+        /// The shared data folder (routellm-outcomes, routerbench-zs).
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        #[arg(long, default_value = "training")]
+        training_dir: PathBuf,
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model_dir: PathBuf,
+        #[arg(long, default_value = "models/heads")]
+        heads_dir: PathBuf,
+        /// Prompts sampled per dataset source for the task head.
+        #[arg(long, default_value_t = 300)]
+        per_source: usize,
+        /// Print the comparison without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Evaluate the current heads: task accuracy, router metrics (APGR, CPT, ECE), cost-quality curve.
+    Eval {
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        #[arg(long, default_value = "training")]
+        training_dir: PathBuf,
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model_dir: PathBuf,
+        #[arg(long, default_value = "models/heads")]
+        heads_dir: PathBuf,
+        /// A heads version (default: CURRENT).
+        #[arg(long)]
+        heads: Option<String>,
+        /// Evaluate on this outcome file (routellm-outcomes format) instead of the validation splits.
+        #[arg(long)]
+        outcomes: Option<PathBuf>,
+        #[arg(long)]
+        weak: Option<String>,
+        #[arg(long)]
+        strong: Option<String>,
+        /// Print one JSON object (apgr, cpt50, cpt80, ece, n, ...).
+        #[arg(long)]
+        json: bool,
+        /// Where to write the cost-quality curve (SVG).
+        #[arg(long, default_value = "training/reports/cost-quality.svg")]
+        plot: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,8 +106,76 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match cli.command {
+        Command::Train { data, training_dir, model_dir, heads_dir, per_source, dry_run } => {
+            let opts = ladder::training::TrainOptions {
+                data: ladder::training::data::DataPaths { shared: data, training: training_dir },
+                model_dir,
+                heads_dir,
+                max_tokens: 256,
+                dry_run,
+                per_source,
+            };
+            ladder::training::train(&opts)?;
+            return Ok(());
+        }
+        Command::Eval { data, training_dir, model_dir, heads_dir, heads, outcomes, weak, strong, json, plot } => {
+            return eval_command(data, training_dir, model_dir, heads_dir, heads, outcomes, weak, strong, json, plot);
+        }
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(cli.command))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_command(
+    data: PathBuf,
+    training_dir: PathBuf,
+    model_dir: PathBuf,
+    heads_dir: PathBuf,
+    heads: Option<String>,
+    outcomes: Option<PathBuf>,
+    weak: Option<String>,
+    strong: Option<String>,
+    json: bool,
+    plot: PathBuf,
+) -> anyhow::Result<()> {
+    use ladder::training;
+    let heads = training::load_heads(&heads_dir, heads.as_deref())?;
+    let encoder = ladder::classifier::encoder::Encoder::load(&model_dir, 256)?;
+    let mut cache = training::EmbeddingCache::open(training_dir.join("cache/embeddings.bin"));
+    let report = match &outcomes {
+        Some(file) => training::evaluate_file(&heads, &encoder, &mut cache, file, weak.as_deref(), strong.as_deref(), 256)?,
+        None => {
+            let paths = training::data::DataPaths { shared: data, training: training_dir };
+            if !paths.shared_available() {
+                anyhow::bail!("no outcome data at {} (pass --data or --outcomes FILE)", paths.shared.display());
+            }
+            training::evaluate_heads(&heads, &encoder, &mut cache, &paths, 256)?
+        }
+    };
+    if json {
+        let mut v = report.to_json();
+        v["heads_version"] = serde_json::json!(heads.manifest.version);
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("heads {}\n{}", heads.manifest.version, report.table());
+    }
+    if outcomes.is_none() {
+        let mut series: Vec<(&str, &training::eval::RouterMetrics)> = report.routers.iter().map(|(n, m)| (n.as_str(), m)).collect();
+        if let Some((n, m)) = report.baselines.first() {
+            series.push((n.as_str(), m));
+        }
+        if let Some(dir) = plot.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&plot, training::eval::curves_svg("Ladder on RouteLLM validation splits (Mixtral-8x7B vs GPT-4)", &series))?;
+        if !json {
+            println!("cost-quality curve written to {}", plot.display());
+        }
+    }
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -112,5 +225,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(())
         }
+        Command::Train { .. } | Command::Eval { .. } => unreachable!("handled before the runtime starts"),
     }
 }

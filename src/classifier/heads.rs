@@ -33,6 +33,10 @@ pub struct Manifest {
     /// the model's success rate on a typical prompt of that task.
     #[serde(default)]
     pub abilities: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Mean raw difficulty of each task's training prompts; subtracted (weighted by the task
+    /// probabilities) so that 0 means "a typical prompt of its task".
+    #[serde(default)]
+    pub difficulty_offsets: BTreeMap<String, f64>,
     /// Training inputs: file -> sha256 and counts.
     #[serde(default)]
     pub training_data: serde_json::Value,
@@ -50,6 +54,8 @@ pub struct Heads {
     pub diff_w: Array1<f32>,
     pub diff_b: f32,
     pub centroids: Array2<f32>,
+    /// `manifest.difficulty_offsets` in [`Task::ALL`] order.
+    pub offsets: Vec<f64>,
 }
 
 /// What the heads say about one embedding.
@@ -72,7 +78,8 @@ impl Heads {
         let e = ArrayView1::from(embedding);
         let logits = self.task_w.dot(&e) + &self.task_b;
         let task_probs = softmax(logits.as_slice().unwrap_or(&[]));
-        let difficulty = (self.diff_w.dot(&e) + self.diff_b) as f64;
+        let raw = (self.diff_w.dot(&e) + self.diff_b) as f64;
+        let difficulty = raw - task_probs.iter().zip(&self.offsets).map(|(p, o)| p * o).sum::<f64>();
         let sims = self.centroids.dot(&e);
         let best = sims.iter().cloned().fold(f32::MIN, f32::max);
         HeadOutput { task_probs, difficulty, ood_distance: (1.0 - best).max(0.0) as f64 }
@@ -105,6 +112,7 @@ impl Heads {
             diff_w: get1("difficulty.weight")?,
             diff_b: get1("difficulty.bias")?.first().copied().unwrap_or(0.0),
             centroids: get2("ood.centroids")?,
+            offsets: Task::ALL.iter().map(|t| manifest.difficulty_offsets.get(t.as_str()).copied().unwrap_or(0.0)).collect(),
             manifest,
         };
         let dim = heads.manifest.embedding_dim;

@@ -112,7 +112,9 @@ fn content_text(content: Option<&Value>, path: &str) -> Result<String, ApiError>
                 if !BLOCK_TYPES.contains(&ty) {
                     return Err(bad_input(
                         &format!("{bpath}.type"),
-                        &format!("Input tag '{ty}' found using 'type' does not match any of the expected tags"),
+                        &format!(
+                            "Input tag '{ty}' found using 'type' does not match any of the expected tags"
+                        ),
                     ));
                 }
                 match ty {
@@ -229,7 +231,9 @@ fn parse_tool(body: &Value, user_text: &str) -> Result<Option<ToolRequest>, ApiE
         Some(other) => {
             return Err(bad_input(
                 "tool_choice",
-                &format!("Input tag '{other}' found using 'type' does not match any of the expected tags"),
+                &format!(
+                    "Input tag '{other}' found using 'type' does not match any of the expected tags"
+                ),
             ));
         }
     };
@@ -246,7 +250,12 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
     }
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) => return Err(bad_input("model", "String should have at least 1 character")),
+        Some(Value::String(_)) => {
+            return Err(bad_input(
+                "model",
+                "String should have at least 1 character",
+            ));
+        }
         None | Some(Value::Null) => return Err(field_required("model")),
         Some(_) => return Err(bad_input("model", "Input should be a valid string")),
     };
@@ -269,7 +278,9 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         Some(_) => return Err(bad_input("messages", "Input should be a valid list")),
     };
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages: at least one message is required"));
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
     }
 
     let system = system_text(obj.get("system"))?;
@@ -284,7 +295,9 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         if role != "user" && role != "assistant" {
             return Err(bad_input(
                 &format!("{path}.role"),
-                &format!("Input should be 'user' or 'assistant' (got '{role}'); use the top-level `system` parameter for system prompts"),
+                &format!(
+                    "Input should be 'user' or 'assistant' (got '{role}'); use the top-level `system` parameter for system prompts"
+                ),
             ));
         }
         let text = content_text(msg.get("content"), &path)?;
@@ -314,7 +327,10 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
             .enumerate()
             .map(|(i, s)| {
                 s.as_str().map(str::to_string).ok_or_else(|| {
-                    bad_input(&format!("stop_sequences.{i}"), "Input should be a valid string")
+                    bad_input(
+                        &format!("stop_sequences.{i}"),
+                        "Input should be a valid string",
+                    )
                 })
             })
             .collect::<Result<_, _>>()?,

@@ -272,8 +272,14 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
         headers: logged_headers(&parts.headers),
         body: json,
     };
-    let (behaviour, guard) =
-        state.begin_request(api, &parsed.model, parsed.stream, &config, scenario.seed, log);
+    let (behaviour, guard) = state.begin_request(
+        api,
+        &parsed.model,
+        parsed.stream,
+        &config,
+        scenario.seed,
+        log,
+    );
 
     if config.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;

@@ -47,8 +47,8 @@
 //! `axum::serve`, `reset` degrades to a body error right after the headers,
 //! and `hang` lasts until the client disconnects.
 
-mod anthropic;
 mod answer;
+mod anthropic;
 mod handler;
 mod net;
 mod openai;

@@ -172,6 +172,9 @@ impl AsyncWrite for KillableStream {
     }
 }
 
+/// Pause before a scripted abort, so that earlier frames reach the client.
+const ABORT_FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 /// One step of a scripted response body.
 #[derive(Debug)]
 pub(crate) enum Frame {
@@ -184,7 +187,7 @@ pub(crate) enum Frame {
 /// A response body that emits scripted frames, sleeping `delay` between
 /// them, and holds the request's in-flight guard until it ends.
 pub(crate) struct ScriptedBody {
-    frames: std::vec::IntoIter<Frame>,
+    frames: std::iter::Peekable<std::vec::IntoIter<Frame>>,
     delay: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     started: bool,
@@ -195,7 +198,7 @@ pub(crate) struct ScriptedBody {
 impl ScriptedBody {
     pub fn new(frames: Vec<Frame>, delay: Duration, guard: Option<InFlightGuard>) -> Self {
         ScriptedBody {
-            frames: frames.into_iter(),
+            frames: frames.into_iter().peekable(),
             delay,
             sleep: None,
             started: false,
@@ -218,11 +221,19 @@ impl Stream for ScriptedBody {
         if this.done {
             return Poll::Ready(None);
         }
-        // Pace every frame but the first.
-        if this.started && !this.delay.is_zero() {
+        // Pace every frame but the first. Data sent before an abort gets a
+        // moment to be flushed: hyper buffers writes, and failing the body
+        // right after a data frame could discard it unsent.
+        let aborting = matches!(this.frames.peek(), Some(Frame::Abort));
+        let delay = if aborting && this.started {
+            this.delay.max(ABORT_FLUSH_DELAY)
+        } else {
+            this.delay
+        };
+        if this.started && !delay.is_zero() {
             let sleep = this
                 .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }

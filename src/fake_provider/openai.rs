@@ -55,7 +55,14 @@ const KNOWN_PARAMS: &[&str] = &[
     "verbosity",
 ];
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 const PART_TYPES: &[&str] = &["text", "image_url", "input_audio", "file", "refusal"];
 
 /// Renders an error as `{"error": {"message", "type", "param", "code"}}`.
@@ -86,11 +93,9 @@ pub(crate) fn error_body(err: &ApiError) -> Value {
 }
 
 fn invalid_type(param: &str, expected: &str) -> ApiError {
-    ApiError::invalid(format!(
-        "Invalid type for '{param}': expected {expected}."
-    ))
-    .param(param)
-    .code("invalid_type")
+    ApiError::invalid(format!("Invalid type for '{param}': expected {expected}."))
+        .param(param)
+        .code("invalid_type")
 }
 
 /// Extracts the text of a message's `content` (string, null or parts array).
@@ -102,14 +107,11 @@ fn content_text(content: &Value, path: &str) -> Result<String, ApiError> {
             let mut out = Vec::new();
             for (j, part) in parts.iter().enumerate() {
                 let ppath = format!("{path}[{j}]");
-                let ty = part
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!("Missing required parameter: '{ppath}.type'."))
-                            .param(format!("{ppath}.type"))
-                            .code("missing_required_parameter")
-                    })?;
+                let ty = part.get("type").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid(format!("Missing required parameter: '{ppath}.type'."))
+                        .param(format!("{ppath}.type"))
+                        .code("missing_required_parameter")
+                })?;
                 if !PART_TYPES.contains(&ty) {
                     return Err(ApiError::invalid(format!(
                         "Invalid value: '{ty}'. Supported values are: 'text', 'image_url', \
@@ -252,10 +254,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                "you must provide a model parameter",
-            )
-            .param("model"));
+            return Err(ApiError::invalid("you must provide a model parameter").param("model"));
         }
         Some(_) => return Err(invalid_type("model", "a string")),
     };
@@ -340,8 +339,11 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         .get("max_completion_tokens")
         .filter(|v| !v.is_null())
         .map(|v| ("max_completion_tokens", v))
-        .or_else(|| obj.get("max_tokens").filter(|v| !v.is_null()).map(|v| ("max_tokens", v)))
-    {
+        .or_else(|| {
+            obj.get("max_tokens")
+                .filter(|v| !v.is_null())
+                .map(|v| ("max_tokens", v))
+        }) {
         None => None,
         Some((name, v)) => match v.as_u64() {
             Some(n) if n >= 1 => Some(n),

@@ -183,11 +183,7 @@ impl Scenario {
                     "model {name}: fail_rate must be within 0..=1, got {r}"
                 );
             }
-            let behaviours = spec
-                .sequence
-                .iter()
-                .flatten()
-                .chain(spec.fail_with.iter());
+            let behaviours = spec.sequence.iter().flatten().chain(spec.fail_with.iter());
             for b in behaviours {
                 if let Behavior::Status { status, .. } = b {
                     anyhow::ensure!(
