@@ -46,7 +46,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:4000".into(), max_body_bytes: 4 * 1024 * 1024, shutdown_grace_ms: 30_000 }
+        ServerConfig {
+            listen: "127.0.0.1:4000".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_grace_ms: 30_000,
+        }
     }
 }
 
@@ -63,7 +67,11 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: PathBuf::from("ladder.db"), keep_prompts: true, max_batch: 256 }
+        StoreConfig {
+            path: PathBuf::from("ladder.db"),
+            keep_prompts: true,
+            max_batch: 256,
+        }
     }
 }
 
@@ -147,7 +155,13 @@ pub struct TimeoutConfig {
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
-        TimeoutConfig { attempt_ms: 60_000, first_byte_ms: 20_000, idle_ms: 30_000, total_ms: 120_000, connect_ms: 5_000 }
+        TimeoutConfig {
+            attempt_ms: 60_000,
+            first_byte_ms: 20_000,
+            idle_ms: 30_000,
+            total_ms: 120_000,
+            connect_ms: 5_000,
+        }
     }
 }
 
@@ -164,7 +178,12 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { max_per_model: 1, backoff_base_ms: 100, backoff_max_ms: 2_000, max_retry_after_ms: 5_000 }
+        RetryConfig {
+            max_per_model: 1,
+            backoff_base_ms: 100,
+            backoff_max_ms: 2_000,
+            max_retry_after_ms: 5_000,
+        }
     }
 }
 
@@ -179,7 +198,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: 5, cooldown_ms: 30_000 }
+        BreakerConfig {
+            failure_threshold: 5,
+            cooldown_ms: 30_000,
+        }
     }
 }
 
@@ -197,7 +219,12 @@ pub struct CheckConfig {
 
 impl Default for CheckConfig {
     fn default() -> Self {
-        CheckConfig { empty_content: true, truncation: true, json: true, refusal: true }
+        CheckConfig {
+            empty_content: true,
+            truncation: true,
+            json: true,
+            refusal: true,
+        }
     }
 }
 
@@ -382,7 +409,10 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes: {} is too small (minimum 1024)", self.server.max_body_bytes);
         }
-        self.server.listen.parse::<std::net::SocketAddr>().map_err(|e| anyhow::anyhow!("server.listen: '{}': {e}", self.server.listen))?;
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("server.listen: '{}': {e}", self.server.listen))?;
         Ok(())
     }
 }

@@ -116,12 +116,36 @@ pub fn demo_config(fake_addr: &str, store: &Path, model_dir: &Path, heads_dir: &
 pub fn tour() -> Vec<(&'static str, serde_json::Value, Option<(&'static str, &'static str)>)> {
     use serde_json::json;
     vec![
-        ("easy chat", json!({"model": "auto", "messages": [{"role": "user", "content": "hey! how's it going?"}]}), None),
-        ("translation", json!({"model": "auto", "messages": [{"role": "user", "content": "Translate to French: the meeting moved to Thursday at 3pm."}]}), None),
-        ("hard math", json!({"model": "auto", "messages": [{"role": "user", "content": "A train leaves at 3:40pm going 72 km/h; a second leaves the same station at 4:05pm at 90 km/h on the same track. At what time and distance does the second catch the first? Show the algebra."}]}), None),
-        ("code, hinted", json!({"model": "auto", "messages": [{"role": "user", "content": "Write a Rust function that parses an ISO-8601 duration like PT1H30M into seconds."}]}), Some(("x-ladder-task", "code"))),
-        ("named model (flaky upstream)", json!({"model": "sonnet-ish", "messages": [{"role": "user", "content": "Summarize: Ladder picks the cheapest model likely to succeed and escalates when it fails."}]}), None),
-        ("JSON mode", json!({"model": "auto", "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "Extract name and city as JSON: 'Maria moved from Lisbon to Oslo.'"}]}), None),
+        (
+            "easy chat",
+            json!({"model": "auto", "messages": [{"role": "user", "content": "hey! how's it going?"}]}),
+            None,
+        ),
+        (
+            "translation",
+            json!({"model": "auto", "messages": [{"role": "user", "content": "Translate to French: the meeting moved to Thursday at 3pm."}]}),
+            None,
+        ),
+        (
+            "hard math",
+            json!({"model": "auto", "messages": [{"role": "user", "content": "A train leaves at 3:40pm going 72 km/h; a second leaves the same station at 4:05pm at 90 km/h on the same track. At what time and distance does the second catch the first? Show the algebra."}]}),
+            None,
+        ),
+        (
+            "code, hinted",
+            json!({"model": "auto", "messages": [{"role": "user", "content": "Write a Rust function that parses an ISO-8601 duration like PT1H30M into seconds."}]}),
+            Some(("x-ladder-task", "code")),
+        ),
+        (
+            "named model (flaky upstream)",
+            json!({"model": "sonnet-ish", "messages": [{"role": "user", "content": "Summarize: Ladder picks the cheapest model likely to succeed and escalates when it fails."}]}),
+            None,
+        ),
+        (
+            "JSON mode",
+            json!({"model": "auto", "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "Extract name and city as JSON: 'Maria moved from Lisbon to Oslo.'"}]}),
+            None,
+        ),
     ]
 }
 
@@ -144,7 +168,9 @@ pub async fn run(listen: &str, tour_only: bool) -> anyhow::Result<()> {
     config.server.listen = listen.to_string();
     config.validate()?;
     let state = Arc::new(AppState::build(config)?);
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(state.clone(), listener, async move {
@@ -158,7 +184,10 @@ pub async fn run(listen: &str, tour_only: bool) -> anyhow::Result<()> {
     println!("catalogue: mini (cheap, openai-kind) < sonnet-ish (mid, anthropic-kind, 30% 503s) < frontier (openai-kind)");
     println!("classifier: {}\n", state.scorer.describe());
     let http = reqwest::Client::new();
-    println!("{:<30} {:<12} {:<9} {:<12} {}", "request", "model", "attempts", "outcome", "decision id");
+    println!(
+        "{:<30} {:<12} {:<9} {:<12} {}",
+        "request", "model", "attempts", "outcome", "decision id"
+    );
     for (label, body, header) in tour() {
         let mut rb = http.post(format!("http://{addr}/v1/chat/completions")).json(&body);
         if let Some((k, v)) = header {
@@ -168,9 +197,22 @@ pub async fn run(listen: &str, tour_only: bool) -> anyhow::Result<()> {
         let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
         let (model, attempts, id) = (h("x-ladder-model"), h("x-ladder-attempts"), h("x-ladder-decision-id"));
         let status = resp.status();
-        let rec: serde_json::Value = http.get(format!("http://{addr}/v1/decisions/{id}")).send().await?.json().await.unwrap_or_default();
+        let rec: serde_json::Value = http
+            .get(format!("http://{addr}/v1/decisions/{id}"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
         let outcome = rec.get("outcome").and_then(|o| o.as_str()).unwrap_or("?");
-        println!("{label:<30} {model:<12} {attempts:<9} {:<12} {id}", if status.is_success() { outcome.to_string() } else { format!("{outcome} ({status})") });
+        println!(
+            "{label:<30} {model:<12} {attempts:<9} {:<12} {id}",
+            if status.is_success() {
+                outcome.to_string()
+            } else {
+                format!("{outcome} ({status})")
+            }
+        );
     }
     println!("\nTry it:  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\");
     println!("           -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'");

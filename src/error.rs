@@ -21,7 +21,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into(), param: None }
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+        }
     }
 
     /// 400: the request is malformed or names something that does not exist.

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Per-model circuit breakers: after `failure_threshold` consecutive failed attempts a model is
 /// skipped for `cooldown_ms`; then one probe request is let through (half-open). A success closes
-/// the breaker, a failed probe opens it again.
+/// the breaker, a failed probe opens it again. A probe that ends without a verdict (its client went
+/// away, or the upstream blamed the request) holds the probe slot for at most another cooldown.
 pub struct Breakers {
     threshold: u32,
     cooldown: Duration,
@@ -37,12 +38,17 @@ pub struct Breakers {
 struct BreakerState {
     consecutive_failures: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// When the half-open probe in flight was let through.
+    probe_since: Option<Instant>,
 }
 
 impl Breakers {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Breakers { threshold: threshold.max(1), cooldown, states: Mutex::new(HashMap::new()) }
+        Breakers {
+            threshold: threshold.max(1),
+            cooldown,
+            states: Mutex::new(HashMap::new()),
+        }
     }
 
     /// May `model` be attempted now? Err carries the reason to record.
@@ -51,12 +57,15 @@ impl Breakers {
         let Some(st) = states.get_mut(model) else { return Ok(()) };
         match st.open_until {
             None => Ok(()),
-            Some(until) if Instant::now() < until => {
-                Err(format!("circuit open for {} ms more", until.saturating_duration_since(Instant::now()).as_millis()))
+            Some(until) if Instant::now() < until => Err(format!(
+                "circuit open for {} ms more",
+                until.saturating_duration_since(Instant::now()).as_millis()
+            )),
+            Some(_) if st.probe_since.is_some_and(|t| t.elapsed() < self.cooldown) => {
+                Err("circuit half-open: a probe request is in flight".into())
             }
-            Some(_) if st.probing => Err("circuit half-open: a probe request is in flight".into()),
             Some(_) => {
-                st.probing = true;
+                st.probe_since = Some(Instant::now());
                 Ok(())
             }
         }
@@ -73,9 +82,9 @@ impl Breakers {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let st = states.entry(model.to_string()).or_default();
         st.consecutive_failures += 1;
-        if st.probing || st.consecutive_failures >= self.threshold {
+        if st.probe_since.is_some() || st.consecutive_failures >= self.threshold {
             st.open_until = Some(Instant::now() + self.cooldown);
-            st.probing = false;
+            st.probe_since = None;
         }
     }
 
@@ -123,7 +132,11 @@ enum AttemptResult<T> {
 impl Executor {
     pub fn new(config: Arc<Config>, providers: HashMap<String, Provider>) -> Self {
         let breakers = Breakers::new(config.breaker.failure_threshold, Duration::from_millis(config.breaker.cooldown_ms));
-        Executor { config, providers, breakers }
+        Executor {
+            config,
+            providers,
+            breakers,
+        }
     }
 
     /// Build providers for every configured upstream.
@@ -143,7 +156,13 @@ impl Executor {
     }
 
     /// Run the chain for a non-streaming request.
-    pub async fn complete(&self, req: &ChatRequest, chain: &[String], attempts: &mut Vec<Attempt>, t0: Instant) -> Result<Completed, ApiError> {
+    pub async fn complete(
+        &self,
+        req: &ChatRequest,
+        chain: &[String],
+        attempts: &mut Vec<Attempt>,
+        t0: Instant,
+    ) -> Result<Completed, ApiError> {
         let deadline = t0 + Duration::from_millis(self.config.timeouts.total_ms);
         let mut last_error: Option<ProviderError> = None;
         let mut degraded: Option<(ChatCompletion, String, String)> = None;
@@ -160,12 +179,20 @@ impl Executor {
                     attempts.push(skip(model, "deadline", "the chain's overall deadline passed".into(), t0));
                     return Err(self.exhausted(attempts, last_error, true));
                 }
-                let budget = deadline.saturating_duration_since(now).min(Duration::from_millis(self.config.timeouts.attempt_ms));
+                let budget = deadline
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(self.config.timeouts.attempt_ms));
                 let started_ms = t0.elapsed().as_millis() as u64;
                 let result = match tokio::time::timeout(budget, provider.complete(req, model)).await {
                     Ok(Ok(c)) => AttemptResult::Ok(c),
                     Ok(Err(e)) => AttemptResult::Failed(e),
-                    Err(_) => AttemptResult::Failed(ProviderError::Timeout { phase: if budget.as_millis() as u64 >= self.config.timeouts.attempt_ms { "attempt" } else { "deadline" } }),
+                    Err(_) => AttemptResult::Failed(ProviderError::Timeout {
+                        phase: if budget.as_millis() as u64 >= self.config.timeouts.attempt_ms {
+                            "attempt"
+                        } else {
+                            "deadline"
+                        },
+                    }),
                 };
                 let latency_ms = now.elapsed().as_millis() as u64;
                 match result {
@@ -188,7 +215,11 @@ impl Executor {
                         match check_completion(&self.config.checks, req, &completion) {
                             None => {
                                 attempts.push(attempt);
-                                return Ok(Completed { completion, model: name.clone(), failed_check: None });
+                                return Ok(Completed {
+                                    completion,
+                                    model: name.clone(),
+                                    failed_check: None,
+                                });
                             }
                             Some((kind, why)) => {
                                 attempt.status = "check_failed".into();
@@ -235,13 +266,23 @@ impl Executor {
             }
         }
         if let Some((completion, model, kind)) = degraded {
-            return Ok(Completed { completion, model, failed_check: Some(kind) });
+            return Ok(Completed {
+                completion,
+                model,
+                failed_check: Some(kind),
+            });
         }
         Err(self.exhausted(attempts, last_error, false))
     }
 
     /// Run the chain for a streaming request until one upstream produces output.
-    pub async fn start_stream(&self, req: &ChatRequest, chain: &[String], attempts: &mut Vec<Attempt>, t0: Instant) -> Result<StartedStream, ApiError> {
+    pub async fn start_stream(
+        &self,
+        req: &ChatRequest,
+        chain: &[String],
+        attempts: &mut Vec<Attempt>,
+        t0: Instant,
+    ) -> Result<StartedStream, ApiError> {
         let deadline = t0 + Duration::from_millis(self.config.timeouts.total_ms);
         let mut last_error: Option<ProviderError> = None;
         for name in chain {
@@ -257,12 +298,15 @@ impl Executor {
                     attempts.push(skip(model, "deadline", "the chain's overall deadline passed".into(), t0));
                     return Err(self.exhausted(attempts, last_error, true));
                 }
-                let budget = deadline.saturating_duration_since(now).min(Duration::from_millis(self.config.timeouts.first_byte_ms));
+                let budget = deadline
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(self.config.timeouts.first_byte_ms));
                 let started_ms = t0.elapsed().as_millis() as u64;
                 let result = tokio::time::timeout(budget, first_output(provider, req, model)).await;
                 let latency_ms = now.elapsed().as_millis() as u64;
                 let err = match result {
                     Ok(Ok((head, rest))) => {
+                        self.breakers.record_success(name);
                         attempts.push(Attempt {
                             model: name.clone(),
                             provider: model.provider.clone(),
@@ -272,7 +316,12 @@ impl Executor {
                             latency_ms,
                             ..Default::default()
                         });
-                        return Ok(StartedStream { model: name.clone(), head, rest, attempt_index: attempts.len() - 1 });
+                        return Ok(StartedStream {
+                            model: name.clone(),
+                            head,
+                            rest,
+                            attempt_index: attempts.len() - 1,
+                        });
                     }
                     Ok(Err(e)) => e,
                     Err(_) => ProviderError::Timeout { phase: "first_byte" },
@@ -300,7 +349,11 @@ impl Executor {
                 if !err.escalates() {
                     return Err(upstream_client_error(&err));
                 }
-                let retry = if check_failure { None } else { self.retry_delay(&err, tries, deadline) };
+                let retry = if check_failure {
+                    None
+                } else {
+                    self.retry_delay(&err, tries, deadline)
+                };
                 last_error = Some(err);
                 match retry {
                     Some(delay) => {
@@ -316,7 +369,10 @@ impl Executor {
 
     /// Cost of a finished streamed attempt, from its usage.
     pub fn cost(&self, model: &str, usage: &Usage) -> f64 {
-        self.config.model(model).map(|m| m.cost_usd(usage.prompt_tokens, usage.completion_tokens)).unwrap_or(0.0)
+        self.config
+            .model(model)
+            .map(|m| m.cost_usd(usage.prompt_tokens, usage.completion_tokens))
+            .unwrap_or(0.0)
     }
 
     /// After a failed attempt: wait this long and retry the same model, or None to move on.
@@ -331,7 +387,10 @@ impl Executor {
             None => {
                 let exp = r.backoff_base_ms.saturating_mul(1u64 << tries.min(16)).min(r.backoff_max_ms);
                 // Full jitter in [exp/2, exp].
-                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) as u64;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0) as u64;
                 Duration::from_millis(exp / 2 + nanos % (exp / 2 + 1))
             }
         };
@@ -344,26 +403,48 @@ impl Executor {
             .iter()
             .map(|a| format!("{}: {}", a.model, a.error_kind.as_deref().unwrap_or(&a.status)))
             .collect();
-        let detail = if summary.is_empty() { "no model could be attempted".to_string() } else { summary.join("; ") };
+        let detail = if summary.is_empty() {
+            "no model could be attempted".to_string()
+        } else {
+            summary.join("; ")
+        };
         if deadline {
-            return ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", "deadline_exceeded", format!("the fallback chain ran out of time ({detail})"));
+            return ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout_error",
+                "deadline_exceeded",
+                format!("the fallback chain ran out of time ({detail})"),
+            );
         }
         let all_rate_limited = attempts.iter().filter(|a| a.status == "error").all(|a| a.http_status == Some(429))
             && attempts.iter().any(|a| a.status == "error");
         if all_rate_limited {
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded", format!("every model in the chain is rate limited ({detail})"));
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                format!("every model in the chain is rate limited ({detail})"),
+            );
         }
         match last {
-            Some(ProviderError::Timeout { .. }) => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", "upstream_timeout", format!("every model in the chain failed ({detail})"))
-            }
+            Some(ProviderError::Timeout { .. }) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout_error",
+                "upstream_timeout",
+                format!("every model in the chain failed ({detail})"),
+            ),
             None if attempts.iter().all(|a| a.status == "skipped") => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 "no_available_model",
                 format!("every model in the chain is unavailable ({detail})"),
             ),
-            _ => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_error", format!("every model in the chain failed ({detail})")),
+            _ => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_error",
+                format!("every model in the chain failed ({detail})"),
+            ),
         }
     }
 }
@@ -408,7 +489,12 @@ fn upstream_client_error(err: &ProviderError) -> ApiError {
         other => (400, other.to_string()),
     };
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    ApiError::new(code, "invalid_request_error", "upstream_rejected_request", format!("the upstream rejected the request: {message}"))
+    ApiError::new(
+        code,
+        "invalid_request_error",
+        "upstream_rejected_request",
+        format!("the upstream rejected the request: {message}"),
+    )
 }
 
 const REFUSAL_OPENERS: &[&str] = &[
@@ -434,16 +520,28 @@ pub fn check_completion(checks: &CheckConfig, req: &ChatRequest, c: &ChatComplet
         return Some(("empty_content", "the response has no content and no tool calls".into()));
     }
     if checks.truncation && choice.finish_reason.as_deref() == Some("length") && req.max_output_tokens().is_none() {
-        return Some(("truncated", "finish_reason is 'length' although the caller set no max_tokens".into()));
+        return Some((
+            "truncated",
+            "finish_reason is 'length' although the caller set no max_tokens".into(),
+        ));
     }
     if checks.json && req.wants_json() && !has_tools && serde_json::from_str::<serde_json::Value>(strip_code_fence(content)).is_err() {
-        return Some(("invalid_json", "response_format asked for JSON and the content is not valid JSON".into()));
+        return Some((
+            "invalid_json",
+            "response_format asked for JSON and the content is not valid JSON".into(),
+        ));
     }
     if checks.refusal {
         if choice.finish_reason.as_deref() == Some("content_filter") {
             return Some(("refusal", "finish_reason is 'content_filter'".into()));
         }
-        let head: String = content.trim_start().chars().take(60).collect::<String>().to_lowercase().replace('’', "'");
+        let head: String = content
+            .trim_start()
+            .chars()
+            .take(60)
+            .collect::<String>()
+            .to_lowercase()
+            .replace('’', "'");
         if content.len() < 400 && REFUSAL_OPENERS.iter().any(|p| head.starts_with(p)) {
             return Some(("refusal", "the model refused to answer".into()));
         }
@@ -481,15 +579,32 @@ mod tests {
         let checks = CheckConfig::default();
         let plain = request(serde_json::json!({}));
         assert!(check_completion(&checks, &plain, &completion("hello", "stop")).is_none());
-        assert_eq!(check_completion(&checks, &plain, &completion("  ", "stop")).unwrap().0, "empty_content");
-        assert_eq!(check_completion(&checks, &plain, &completion("abc", "length")).unwrap().0, "truncated");
+        assert_eq!(
+            check_completion(&checks, &plain, &completion("  ", "stop")).unwrap().0,
+            "empty_content"
+        );
+        assert_eq!(
+            check_completion(&checks, &plain, &completion("abc", "length")).unwrap().0,
+            "truncated"
+        );
         let limited = request(serde_json::json!({"max_tokens": 3}));
         assert!(check_completion(&checks, &limited, &completion("abc", "length")).is_none());
         let json = request(serde_json::json!({"response_format": {"type": "json_object"}}));
-        assert_eq!(check_completion(&checks, &json, &completion("{oops", "stop")).unwrap().0, "invalid_json");
+        assert_eq!(
+            check_completion(&checks, &json, &completion("{oops", "stop")).unwrap().0,
+            "invalid_json"
+        );
         assert!(check_completion(&checks, &json, &completion("```json\n{\"a\":1}\n```", "stop")).is_none());
-        assert_eq!(check_completion(&checks, &plain, &completion("I’m sorry, but I can’t help with that.", "stop")).unwrap().0, "refusal");
-        let off = CheckConfig { refusal: false, ..CheckConfig::default() };
+        assert_eq!(
+            check_completion(&checks, &plain, &completion("I’m sorry, but I can’t help with that.", "stop"))
+                .unwrap()
+                .0,
+            "refusal"
+        );
+        let off = CheckConfig {
+            refusal: false,
+            ..CheckConfig::default()
+        };
         assert!(check_completion(&off, &plain, &completion("I'm sorry, but I can't help with that.", "stop")).is_none());
     }
 

@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, default_value = "models/heads")]
         heads_dir: PathBuf,
         /// Prompts sampled per dataset source for the task head.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 100)]
         per_source: usize,
         /// Print the comparison without writing anything.
         #[arg(long)]
@@ -107,9 +107,19 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Train { data, training_dir, model_dir, heads_dir, per_source, dry_run } => {
+        Command::Train {
+            data,
+            training_dir,
+            model_dir,
+            heads_dir,
+            per_source,
+            dry_run,
+        } => {
             let opts = ladder::training::TrainOptions {
-                data: ladder::training::data::DataPaths { shared: data, training: training_dir },
+                data: ladder::training::data::DataPaths {
+                    shared: data,
+                    training: training_dir,
+                },
                 model_dir,
                 heads_dir,
                 max_tokens: 256,
@@ -119,7 +129,18 @@ fn main() -> anyhow::Result<()> {
             ladder::training::train(&opts)?;
             return Ok(());
         }
-        Command::Eval { data, training_dir, model_dir, heads_dir, heads, outcomes, weak, strong, json, plot } => {
+        Command::Eval {
+            data,
+            training_dir,
+            model_dir,
+            heads_dir,
+            heads,
+            outcomes,
+            weak,
+            strong,
+            json,
+            plot,
+        } => {
             return eval_command(data, training_dir, model_dir, heads_dir, heads, outcomes, weak, strong, json, plot);
         }
         _ => {}
@@ -144,11 +165,14 @@ fn eval_command(
     use ladder::training;
     let heads = training::load_heads(&heads_dir, heads.as_deref())?;
     let encoder = ladder::classifier::encoder::Encoder::load(&model_dir, 256)?;
-    let mut cache = training::EmbeddingCache::open(training_dir.join("cache/embeddings.bin"));
+    let mut cache = training::EmbeddingCache::in_dir(&training_dir.join("cache"));
     let report = match &outcomes {
         Some(file) => training::evaluate_file(&heads, &encoder, &mut cache, file, weak.as_deref(), strong.as_deref(), 256)?,
         None => {
-            let paths = training::data::DataPaths { shared: data, training: training_dir };
+            let paths = training::data::DataPaths {
+                shared: data,
+                training: training_dir,
+            };
             if !paths.shared_available() {
                 anyhow::bail!("no outcome data at {} (pass --data or --outcomes FILE)", paths.shared.display());
             }
@@ -170,7 +194,10 @@ fn eval_command(
         if let Some(dir) = plot.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&plot, training::eval::curves_svg("Ladder on RouteLLM validation splits (Mixtral-8x7B vs GPT-4)", &series))?;
+        std::fs::write(
+            &plot,
+            training::eval::curves_svg("Ladder on RouteLLM validation splits (Mixtral-8x7B vs GPT-4)", &series),
+        )?;
         if !json {
             println!("cost-quality curve written to {}", plot.display());
         }
@@ -188,7 +215,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let listen = config.server.listen.clone();
             let state = Arc::new(AppState::build(config)?);
-            let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
             tracing::info!(addr = %listener.local_addr()?, classifier = %state.scorer.describe(), "ladder listening");
             serve(state, listener, shutdown_signal()).await
         }
@@ -197,12 +226,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(p) => ladder::fake_provider::Scenario::load(&p)?,
                 None => ladder::fake_provider::Scenario::default(),
             };
-            let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
             tracing::info!(addr = %listener.local_addr()?, "fake provider listening");
             ladder::fake_provider::serve(listener, scenario, shutdown_signal()).await
         }
         Command::Demo { listen, tour_only } => ladder::demo::run(&listen, tour_only).await,
-        Command::Route { prompt, config, system, task, min_quality } => {
+        Command::Route {
+            prompt,
+            config,
+            system,
+            task,
+            min_quality,
+        } => {
             let config = match config {
                 Some(p) => Config::load(&p)?,
                 None => ladder::demo::demo_config(

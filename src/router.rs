@@ -144,7 +144,10 @@ pub enum RouteError {
 impl std::fmt::Display for RouteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RouteError::UnknownModel(m) => write!(f, "The model '{m}' does not exist in this Ladder catalogue; use 'auto' or one of the names from GET /v1/models"),
+            RouteError::UnknownModel(m) => write!(
+                f,
+                "The model '{m}' does not exist in this Ladder catalogue; use 'auto' or one of the names from GET /v1/models"
+            ),
             RouteError::NoCandidate { reasons, .. } => {
                 write!(f, "no model in the catalogue can serve this request: {}", reasons.join("; "))
             }
@@ -236,7 +239,9 @@ pub fn decide(config: &Config, req: &RouteRequest, scores: &Scores) -> Result<De
             None => {
                 let mut v: Vec<&Candidate> = candidates.iter().filter(|c| c.skipped.is_none()).collect();
                 v.sort_by(|a, b| {
-                    a.expected_cost_usd.total_cmp(&b.expected_cost_usd).then(b.p_success.total_cmp(&a.p_success))
+                    a.expected_cost_usd
+                        .total_cmp(&b.expected_cost_usd)
+                        .then(b.p_success.total_cmp(&a.p_success))
                 });
                 v
             }
@@ -288,7 +293,9 @@ pub fn decide(config: &Config, req: &RouteRequest, scores: &Scores) -> Result<De
             .iter()
             .filter_map(|c| c.skipped.as_ref().map(|s| format!("{}: {s}", c.model)))
             .collect();
-        let context_exceeded = candidates.iter().all(|c| c.skipped.as_deref().is_some_and(|s| s.starts_with("context")));
+        let context_exceeded = candidates
+            .iter()
+            .all(|c| c.skipped.as_deref().is_some_and(|s| s.starts_with("context")));
         return Err(RouteError::NoCandidate { reasons, context_exceeded });
     }
     Ok(Decision {
@@ -310,7 +317,11 @@ fn quality_ladder_above(candidates: &[Candidate], p_floor: f64, except: &str) ->
         .iter()
         .filter(|c| c.skipped.is_none() && c.model != except && c.p_success >= p_floor)
         .collect();
-    above.sort_by(|a, b| a.p_success.total_cmp(&b.p_success).then(a.expected_cost_usd.total_cmp(&b.expected_cost_usd)));
+    above.sort_by(|a, b| {
+        a.p_success
+            .total_cmp(&b.p_success)
+            .then(a.expected_cost_usd.total_cmp(&b.expected_cost_usd))
+    });
     above.into_iter().map(|c| c.model.clone()).collect()
 }
 
@@ -383,7 +394,11 @@ mod tests {
     }
 
     fn auto(tokens: u64) -> RouteRequest {
-        RouteRequest { model: "auto".into(), prompt_tokens: tokens, ..Default::default() }
+        RouteRequest {
+            model: "auto".into(),
+            prompt_tokens: tokens,
+            ..Default::default()
+        }
     }
 
     fn classified(task: Task, difficulty: f64) -> Scores {
@@ -406,7 +421,7 @@ mod tests {
         let c = config();
         let mid = decide(&c, &auto(100), &classified(Task::Chat, 0.5)).unwrap();
         assert_eq!(mid.chain, vec!["mid", "frontier"]);
-        let hard = decide(&c, &auto(100), &classified(Task::Chat, 1.5)).unwrap();
+        let hard = decide(&c, &auto(100), &classified(Task::Chat, 2.5)).unwrap();
         assert_eq!(hard.chain, vec!["frontier"]);
         assert!(hard.reason.contains("no eligible model reaches"), "{}", hard.reason);
     }
@@ -427,8 +442,11 @@ mod tests {
     fn threshold_is_the_cost_quality_knob() {
         let c = config();
         let mut req = auto(100);
-        req.min_quality = Some(0.5);
+        // At difficulty 0.5: P(cheap) = 0.476, P(mid) = 0.708, P(frontier) = 0.897.
+        req.min_quality = Some(0.45);
         assert_eq!(decide(&c, &req, &classified(Task::Chat, 0.5)).unwrap().chain[0], "cheap");
+        req.min_quality = Some(0.7);
+        assert_eq!(decide(&c, &req, &classified(Task::Chat, 0.5)).unwrap().chain[0], "mid");
         req.min_quality = Some(0.9);
         assert_eq!(decide(&c, &req, &classified(Task::Chat, 0.5)).unwrap().chain[0], "frontier");
     }
@@ -472,7 +490,8 @@ mod tests {
         req.allowed_models = Some(vec!["mid".into()]);
         assert_eq!(decide(&c, &req, &classified(Task::Chat, -2.0)).unwrap().chain, vec!["mid"]);
         let mut req = auto(1000);
-        req.max_cost_usd = Some(0.001);
+        // Expected costs at 1000 prompt + 300 output tokens: mid $0.0016, frontier $0.019.
+        req.max_cost_usd = Some(0.002);
         let d = decide(&c, &req, &classified(Task::Chat, 1.5)).unwrap();
         assert_eq!(d.chain, vec!["mid"], "frontier is over the price cap");
     }
@@ -487,14 +506,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err = decide(&config(), &RouteRequest { model: "gpt-9".into(), ..Default::default() }, &classified(Task::Chat, 0.0));
+        let err = decide(
+            &config(),
+            &RouteRequest {
+                model: "gpt-9".into(),
+                ..Default::default()
+            },
+            &classified(Task::Chat, 0.0),
+        );
         assert_eq!(err.unwrap_err(), RouteError::UnknownModel("gpt-9".into()));
     }
 
     #[test]
     fn explicit_model_is_tried_first_then_the_ladder_above_it() {
         let c = config();
-        let req = RouteRequest { model: "mid".into(), prompt_tokens: 10, ..Default::default() };
+        let req = RouteRequest {
+            model: "mid".into(),
+            prompt_tokens: 10,
+            ..Default::default()
+        };
         let d = decide(&c, &req, &Scores::for_task(Task::Chat, ScoreSource::Hint)).unwrap();
         assert_eq!(d.mode, "explicit");
         assert_eq!(d.chain, vec!["mid", "frontier"]);

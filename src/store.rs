@@ -17,6 +17,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -122,6 +123,8 @@ pub struct Store {
     path: PathBuf,
     readers: Arc<Mutex<Vec<Connection>>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Detached records still waiting for room in the queue; [`Store::flush`] waits for them.
+    waiting: Arc<(AtomicUsize, tokio::sync::Notify)>,
 }
 
 const SCHEMA: &str = "
@@ -172,6 +175,7 @@ impl Store {
             path: path.to_path_buf(),
             readers: Arc::new(Mutex::new(Vec::new())),
             writer: Arc::new(Mutex::new(Some(handle))),
+            waiting: Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new())),
         })
     }
 
@@ -192,16 +196,30 @@ impl Store {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(op)) => {
                 let tx = self.tx.clone();
+                let waiting = self.waiting.clone();
+                waiting.0.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = tx.send(op).await;
+                    waiting.0.fetch_sub(1, Ordering::SeqCst);
+                    waiting.1.notify_waiters();
                 });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => tracing::error!("decision log writer is gone; record not written"),
         }
     }
 
-    /// Wait until everything queued so far is committed.
+    /// Wait until everything queued so far is committed (detached records waiting for room
+    /// included).
     pub async fn flush(&self) {
+        loop {
+            let notified = self.waiting.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.waiting.0.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            notified.await;
+        }
         let (done_tx, done_rx) = oneshot::channel();
         if self.tx.send(WriteOp::Flush(done_tx)).await.is_ok() {
             let _ = done_rx.await;
@@ -254,7 +272,9 @@ impl Store {
     pub async fn get(&self, id: String) -> anyhow::Result<Option<DecisionRecord>> {
         self.with_reader(move |conn| {
             let row: Option<(String, Option<Vec<u8>>)> = conn
-                .query_row("SELECT record, embedding FROM decisions WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row("SELECT record, embedding FROM decisions WHERE id = ?1", params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?;
             row.map(|(json, emb)| decode(&json, emb)).transpose()
         })
@@ -317,7 +337,9 @@ impl Store {
     pub async fn scan(&self, since_ms: Option<i64>) -> anyhow::Result<Vec<DecisionRecord>> {
         self.with_reader(move |conn| {
             let mut stmt = conn.prepare("SELECT record, embedding FROM decisions WHERE ts_ms >= ?1 ORDER BY seq")?;
-            let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)))?;
+            let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
                 let (json, emb) = row?;
@@ -384,7 +406,16 @@ fn write_batch(conn: &mut Connection, batch: &[WriteOp]) -> anyhow::Result<()> {
             if let WriteOp::Record(rec, _) = op {
                 let json = serde_json::to_string(rec)?;
                 let emb: Option<Vec<u8>> = rec.embedding.as_ref().map(|e| e.iter().flat_map(|f| f.to_le_bytes()).collect());
-                stmt.execute(params![rec.id, rec.ts_ms, rec.task, rec.final_model, rec.outcome, rec.total_cost_usd, json, emb])?;
+                stmt.execute(params![
+                    rec.id,
+                    rec.ts_ms,
+                    rec.task,
+                    rec.final_model,
+                    rec.outcome,
+                    rec.total_cost_usd,
+                    json,
+                    emb
+                ])?;
             }
         }
     }
@@ -417,14 +448,45 @@ mod tests {
         let got = store.get("dec_3".into()).await.unwrap().unwrap();
         assert_eq!(got.embedding, Some(vec![0.5, -1.25]));
         assert!(store.get("nope".into()).await.unwrap().is_none());
-        let page = store.list(DecisionQuery { limit: 3, ..Default::default() }).await.unwrap();
-        assert_eq!(page.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["dec_9", "dec_8", "dec_7"]);
-        let page2 = store.list(DecisionQuery { limit: 3, cursor: page.next_cursor, ..Default::default() }).await.unwrap();
+        let page = store
+            .list(DecisionQuery {
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["dec_9", "dec_8", "dec_7"]
+        );
+        let page2 = store
+            .list(DecisionQuery {
+                limit: 3,
+                cursor: page.next_cursor,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(page2.records[0].id, "dec_6");
-        let a = store.list(DecisionQuery { limit: 100, model: Some("a".into()), outcome: Some("success".into()), ..Default::default() }).await.unwrap();
+        let a = store
+            .list(DecisionQuery {
+                limit: 100,
+                model: Some("a".into()),
+                outcome: Some("success".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(a.records.len(), 3);
         assert!(a.next_cursor.is_none());
-        let since = store.list(DecisionQuery { limit: 100, since_ms: Some(1_008), ..Default::default() }).await.unwrap();
+        let since = store
+            .list(DecisionQuery {
+                limit: 100,
+                since_ms: Some(1_008),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(since.records.len(), 2);
         store.close().await;
         // Reopen: everything is there.

@@ -186,7 +186,10 @@ impl ChatRequest {
             .find(|m| m.role == Role::User)
             .map(|m| m.text().into_owned())
             .unwrap_or_default();
-        RoutingText { system: system.join("\n"), last_user }
+        RoutingText {
+            system: system.join("\n"),
+            last_user,
+        }
     }
 
     /// The whole conversation as one string, for logging.
@@ -286,7 +289,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 
@@ -338,9 +345,9 @@ pub struct Delta {
 impl ChatChunk {
     /// True when the chunk carries something a client would see as output.
     pub fn has_output(&self) -> bool {
-        self.choices.iter().any(|c| {
-            c.delta.content.as_deref().is_some_and(|s| !s.is_empty()) || c.delta.tool_calls.is_some()
-        })
+        self.choices
+            .iter()
+            .any(|c| c.delta.content.as_deref().is_some_and(|s| !s.is_empty()) || c.delta.tool_calls.is_some())
     }
 }
 

@@ -10,6 +10,9 @@
 //!   prompt keeps at most a quarter of it (its head); the user turn gets the rest, and when it does
 //!   not fit, its head (two thirds of its share) and its tail (one third) are kept, since requests
 //!   usually state the task at the start or the end. The result says whether anything was cut.
+//!
+//! [`Encoder::features`] returns the routing features the heads read: the sentence embedding and
+//! a "focus" embedding of the first tokens of the user turn, from one forward pass.
 
 use anyhow::{Context, anyhow};
 use candle_core::{DType, Device, Tensor};
@@ -19,6 +22,14 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 pub const EMBEDDING_DIM: usize = 384;
+
+/// Routing features: the sentence embedding followed by the "focus" embedding (the mean of the
+/// first [`FOCUS_TOKENS`] contextual token vectors of the user turn, where requests usually say
+/// what they want), each L2-normalised. The focus half comes from the same forward pass, so it
+/// costs no extra encoder time; on the hand-written task test set it lifts task-type accuracy from
+/// 0.75 to 0.83 (measured with a linear head, see training/README.md).
+pub const FEATURE_DIM: usize = 2 * EMBEDDING_DIM;
+pub const FOCUS_TOKENS: usize = 16;
 
 pub struct Encoder {
     model: BertModel,
@@ -34,6 +45,8 @@ pub struct Encoder {
 pub struct Tokenized {
     pub ids: Vec<u32>,
     pub truncated: bool,
+    /// Token positions `[start, end)` of the focus span (start of the user turn).
+    pub focus: (usize, usize),
 }
 
 impl Encoder {
@@ -44,8 +57,8 @@ impl Encoder {
             &std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json ({hint})", dir.display()))?,
         )
         .context("parsing the encoder config.json")?;
-        let mut tokenizer =
-            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow!("loading {}/tokenizer.json: {e} ({hint})", dir.display()))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow!("loading {}/tokenizer.json: {e} ({hint})", dir.display()))?;
         // The shipped tokenizer.json pads and truncates to 128; Ladder manages both itself.
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| anyhow!("disabling truncation: {e}"))?;
@@ -59,11 +72,23 @@ impl Encoder {
         // SAFETY: the weights file is memory-mapped read-only and not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
         let model = BertModel::load(vb, &config).context("loading BERT weights")?;
-        Ok(Encoder { model, tokenizer, device, cls, sep, max_tokens: max_tokens.clamp(8, 512) })
+        Ok(Encoder {
+            model,
+            tokenizer,
+            device,
+            cls,
+            sep,
+            max_tokens: max_tokens.clamp(8, 512),
+        })
     }
 
     fn ids(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        Ok(self.tokenizer.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?
+            .get_ids()
+            .to_vec())
     }
 
     fn wrap(&self, body: impl IntoIterator<Item = u32>) -> Vec<u32> {
@@ -79,7 +104,9 @@ impl Encoder {
         let ids = self.ids(text)?;
         let budget = self.max_tokens - 2;
         let truncated = ids.len() > budget;
-        Ok(Tokenized { ids: self.wrap(ids.into_iter().take(budget)), truncated })
+        let ids = self.wrap(ids.into_iter().take(budget));
+        let focus = (0, ids.len().min(FOCUS_TOKENS));
+        Ok(Tokenized { ids, truncated, focus })
     }
 
     /// A chat prompt (system prompt + last user turn) under Ladder's truncation rule.
@@ -97,15 +124,23 @@ impl Encoder {
         ids.push(self.cls);
         ids.extend_from_slice(&sys[..sys_keep]);
         ids.push(self.sep);
+        let user_start = ids.len();
         ids.extend(user_ids);
         ids.push(self.sep);
-        Ok(Tokenized { ids, truncated: user_cut || sys_keep < sys.len() })
+        let focus = (user_start, ids.len().min(user_start + FOCUS_TOKENS));
+        Ok(Tokenized {
+            ids,
+            truncated: user_cut || sys_keep < sys.len(),
+            focus,
+        })
     }
 
     fn tokenize_head_tail(&self, text: &str) -> anyhow::Result<Tokenized> {
         let ids = self.ids(text)?;
         let (kept, truncated) = head_tail(&ids, self.max_tokens - 2);
-        Ok(Tokenized { ids: self.wrap(kept), truncated })
+        let ids = self.wrap(kept);
+        let focus = (0, ids.len().min(FOCUS_TOKENS));
+        Ok(Tokenized { ids, truncated, focus })
     }
 
     /// Embed a batch of tokenized inputs: one L2-normalised vector each.
@@ -113,6 +148,40 @@ impl Encoder {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let (hidden, attention) = self.forward(batch)?;
+        mean_pool(&hidden, &attention)
+    }
+
+    /// Routing features ([`FEATURE_DIM`] floats) for a batch of tokenized prompts.
+    pub fn features(&self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
+        let (hidden, attention) = self.forward(&ids)?;
+        let sentence = mean_pool(&hidden, &attention)?;
+        // Focus mask: 1 on each prompt's focus span.
+        let (n, len) = attention.dims2()?;
+        let mut focus = vec![0f32; n * len];
+        for (i, t) in batch.iter().enumerate() {
+            for p in t.focus.0..t.focus.1.min(len) {
+                focus[i * len + p] = 1.0;
+            }
+        }
+        let focus = Tensor::from_vec(focus, (n, len), &self.device)?;
+        let focused = mean_pool(&hidden, &focus)?;
+        Ok(sentence
+            .into_iter()
+            .zip(focused)
+            .map(|(mut s, f)| {
+                s.extend(f);
+                s
+            })
+            .collect())
+    }
+
+    /// Last hidden states `(n, len, 384)` and the attention mask `(n, len)` of a padded batch.
+    fn forward(&self, batch: &[&[u32]]) -> anyhow::Result<(Tensor, Tensor)> {
         let max_len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
         let n = batch.len();
         let mut ids = Vec::with_capacity(n * max_len);
@@ -127,13 +196,7 @@ impl Encoder {
         let attention = Tensor::from_vec(mask, (n, max_len), &self.device)?;
         let token_types = input_ids.zeros_like()?;
         let hidden = self.model.forward(&input_ids, &token_types, Some(&attention))?; // (n, len, 384)
-        let mask_f = attention.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, 384)
-        let counts = mask_f.sum(1)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-        let normed = mean.broadcast_div(&norms)?;
-        Ok(normed.to_vec2::<f32>()?)
+        Ok((hidden, attention))
     }
 
     /// Convenience: embed plain texts (head truncation).
@@ -147,6 +210,16 @@ impl Encoder {
     pub fn count_tokens(&self, text: &str) -> anyhow::Result<usize> {
         Ok(self.ids(text)?.len())
     }
+}
+
+/// Masked mean over tokens, then L2 normalisation (sentence-transformers' pooling).
+fn mean_pool(hidden: &Tensor, mask: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+    let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, 384)
+    let counts = mask_f.sum(1)?.clamp(1e-9, f32::MAX)?; // (n, 1)
+    let mean = summed.broadcast_div(&counts)?;
+    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+    Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
 }
 
 /// Keep `ids` whole if they fit in `budget`, else their head (2/3) and tail (1/3).

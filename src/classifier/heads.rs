@@ -80,9 +80,14 @@ impl Heads {
         let task_probs = softmax(logits.as_slice().unwrap_or(&[]));
         let raw = (self.diff_w.dot(&e) + self.diff_b) as f64;
         let difficulty = raw - task_probs.iter().zip(&self.offsets).map(|(p, o)| p * o).sum::<f64>();
+        let norm = e.dot(&e).sqrt().max(1e-12);
         let sims = self.centroids.dot(&e);
-        let best = sims.iter().cloned().fold(f32::MIN, f32::max);
-        HeadOutput { task_probs, difficulty, ood_distance: (1.0 - best).max(0.0) as f64 }
+        let best = sims.iter().cloned().fold(f32::MIN, f32::max) / norm;
+        HeadOutput {
+            task_probs,
+            difficulty,
+            ood_distance: (1.0 - best).max(0.0) as f64,
+        }
     }
 
     /// Read a heads version directory.
@@ -93,17 +98,26 @@ impl Heads {
         .with_context(|| format!("parsing {}/manifest.json", dir.display()))?;
         let expected: Vec<String> = Task::ALL.iter().map(|t| t.to_string()).collect();
         if manifest.taxonomy != expected {
-            bail!("heads {} were trained for taxonomy {:?}, this build uses {:?}", dir.display(), manifest.taxonomy, expected);
+            bail!(
+                "heads {} were trained for taxonomy {:?}, this build uses {:?}",
+                dir.display(),
+                manifest.taxonomy,
+                expected
+            );
         }
         let tensors = candle_core::safetensors::load(dir.join("heads.safetensors"), &Device::Cpu)
             .with_context(|| format!("reading {}/heads.safetensors", dir.display()))?;
         let get2 = |name: &str| -> anyhow::Result<Array2<f32>> {
-            let t = tensors.get(name).with_context(|| format!("heads.safetensors has no tensor '{name}'"))?;
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("heads.safetensors has no tensor '{name}'"))?;
             let (r, c) = t.dims2()?;
             Ok(Array2::from_shape_vec((r, c), t.flatten_all()?.to_vec1::<f32>()?)?)
         };
         let get1 = |name: &str| -> anyhow::Result<Array1<f32>> {
-            let t = tensors.get(name).with_context(|| format!("heads.safetensors has no tensor '{name}'"))?;
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("heads.safetensors has no tensor '{name}'"))?;
             Ok(Array1::from_vec(t.flatten_all()?.to_vec1::<f32>()?))
         };
         let heads = Heads {
@@ -112,11 +126,18 @@ impl Heads {
             diff_w: get1("difficulty.weight")?,
             diff_b: get1("difficulty.bias")?.first().copied().unwrap_or(0.0),
             centroids: get2("ood.centroids")?,
-            offsets: Task::ALL.iter().map(|t| manifest.difficulty_offsets.get(t.as_str()).copied().unwrap_or(0.0)).collect(),
+            offsets: Task::ALL
+                .iter()
+                .map(|t| manifest.difficulty_offsets.get(t.as_str()).copied().unwrap_or(0.0))
+                .collect(),
             manifest,
         };
         let dim = heads.manifest.embedding_dim;
-        if heads.task_w.dim() != (Task::COUNT, dim) || heads.task_b.len() != Task::COUNT || heads.diff_w.len() != dim || heads.centroids.ncols() != dim {
+        if heads.task_w.dim() != (Task::COUNT, dim)
+            || heads.task_b.len() != Task::COUNT
+            || heads.diff_w.len() != dim
+            || heads.centroids.ncols() != dim
+        {
             bail!("heads {} have inconsistent shapes", dir.display());
         }
         Ok(heads)

@@ -52,7 +52,12 @@ impl Classifier {
         let heads = Arc::new(RwLock::new(Arc::new(heads_store.load_current()?)));
         let encoder = encoder::Encoder::load(&cfg.model_dir, cfg.max_tokens)?;
         let pool = pool::Pool::start(encoder, heads.clone(), cfg)?;
-        Ok(Classifier { pool, heads, heads_store, min_task_confidence })
+        Ok(Classifier {
+            pool,
+            heads,
+            heads_store,
+            min_task_confidence,
+        })
     }
 
     pub fn heads(&self) -> Arc<Heads> {
@@ -72,14 +77,25 @@ impl Classifier {
         let out = self.pool.submit(text).await?;
         let mut reasons = Vec::new();
         let (top_task, top_p) = {
-            let (i, p) = out.head.task_probs.iter().enumerate().fold((0, f64::MIN), |b, (i, p)| if *p > b.1 { (i, *p) } else { b });
+            let (i, p) = out
+                .head
+                .task_probs
+                .iter()
+                .enumerate()
+                .fold((0, f64::MIN), |b, (i, p)| if *p > b.1 { (i, *p) } else { b });
             (Task::ALL[i], p)
         };
         if top_p < self.min_task_confidence {
-            reasons.push(format!("top task probability {top_p:.2} ({top_task}) < {:.2}", self.min_task_confidence));
+            reasons.push(format!(
+                "top task probability {top_p:.2} ({top_task}) < {:.2}",
+                self.min_task_confidence
+            ));
         }
         if out.head.ood_distance > out.ood_threshold as f64 {
-            reasons.push(format!("out of distribution (distance {:.3} > {:.3})", out.head.ood_distance, out.ood_threshold));
+            reasons.push(format!(
+                "out of distribution (distance {:.3} > {:.3})",
+                out.head.ood_distance, out.ood_threshold
+            ));
         }
         let scores = Scores {
             task_probs: out.head.task_probs,
@@ -119,7 +135,10 @@ impl Scorer {
                 Ok((scores, emb)) => (scores, Some(emb)),
                 Err(e) => {
                     tracing::warn!(error = %e, "routing with the fallback policy");
-                    (Scores::for_task(fallback_task, ScoreSource::Degraded { reason: e.to_string() }), None)
+                    (
+                        Scores::for_task(fallback_task, ScoreSource::Degraded { reason: e.to_string() }),
+                        None,
+                    )
                 }
             },
         }

@@ -71,7 +71,11 @@ impl Pool {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_capacity);
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
-        let cache = Arc::new(Mutex::new(Cache { map: HashMap::new(), order: VecDeque::new(), capacity: cfg.cache_entries }));
+        let cache = Arc::new(Mutex::new(Cache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: cfg.cache_entries,
+        }));
         let encoder = Arc::new(encoder);
         for i in 0..cfg.workers {
             let (rx, depth, cache, encoder) = (rx.clone(), depth.clone(), cache.clone(), encoder.clone());
@@ -100,7 +104,12 @@ impl Pool {
             Some((emb, truncated)) => ((*emb).clone(), truncated),
             None => {
                 let (reply, rx) = oneshot::channel();
-                let job = Job { system: text.system.clone(), user: text.last_user.clone(), key, reply };
+                let job = Job {
+                    system: text.system.clone(),
+                    user: text.last_user.clone(),
+                    key,
+                    reply,
+                };
                 self.depth.fetch_add(1, Ordering::Relaxed);
                 match self.tx.try_send(job) {
                     Ok(()) => {}
@@ -113,7 +122,9 @@ impl Pool {
                         return Err(ScoreError::Failed("inference threads stopped".into()));
                     }
                 }
-                rx.await.map_err(|_| ScoreError::Failed("inference thread dropped the job".into()))?.map_err(ScoreError::Failed)?
+                rx.await
+                    .map_err(|_| ScoreError::Failed("inference thread dropped the job".into()))?
+                    .map_err(ScoreError::Failed)?
             }
         };
         let heads = self.heads.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -146,8 +157,8 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>, depth: Arc<AtomicUsize>, cache: Arc<Mut
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
         let tokenized: Vec<_> = batch.iter().map(|j| encoder.tokenize_prompt(&j.system, &j.user)).collect();
-        let ok: Vec<&[u32]> = tokenized.iter().filter_map(|t| t.as_ref().ok()).map(|t| t.ids.as_slice()).collect();
-        let embeddings = encoder.embed(&ok);
+        let ok: Vec<&super::encoder::Tokenized> = tokenized.iter().filter_map(|t| t.as_ref().ok()).collect();
+        let embeddings = encoder.features(&ok);
         let mut embeddings = match embeddings {
             Ok(e) => e.into_iter(),
             Err(e) => {
@@ -162,7 +173,10 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>, depth: Arc<AtomicUsize>, cache: Arc<Mut
             match tok {
                 Ok(t) => {
                     let emb = embeddings.next().unwrap_or_default();
-                    cache.lock().unwrap_or_else(|e| e.into_inner()).put(job.key, Arc::new(emb.clone()), t.truncated);
+                    cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put(job.key, Arc::new(emb.clone()), t.truncated);
                     let _ = job.reply.send(Ok((emb, t.truncated)));
                 }
                 Err(e) => {

@@ -121,10 +121,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// Whether `model` answers `prompt` well, ignoring forced behaviours.
 pub(crate) fn answers_well(config: &ModelConfig, prompt: &Prompt) -> bool {
     let lower = prompt.user_text.to_lowercase();
-    let blocked = config
-        .fails_on
-        .iter()
-        .any(|s| !s.is_empty() && lower.contains(&s.to_lowercase()));
+    let blocked = config.fails_on.iter().any(|s| !s.is_empty() && lower.contains(&s.to_lowercase()));
     !blocked && config.ability >= difficulty(&prompt.user_text)
 }
 
@@ -166,15 +163,9 @@ const VOCAB: &[&str] = &[
 /// `n` words: "Answer from <model>: ..." followed by deterministic filler.
 fn answer_words(model: &str, prompt: &Prompt, n: usize) -> Vec<String> {
     let seed = fnv1a(prompt.user_text.as_bytes()) as usize;
-    let head = [
-        "Answer".to_string(),
-        "from".to_string(),
-        format!("{model}:"),
-    ];
+    let head = ["Answer".to_string(), "from".to_string(), format!("{model}:")];
     head.into_iter()
-        .chain((0..).map(|i: usize| {
-            VOCAB[(seed.wrapping_add(i.wrapping_mul(7))) % VOCAB.len()].to_string()
-        }))
+        .chain((0..).map(|i: usize| VOCAB[(seed.wrapping_add(i.wrapping_mul(7))) % VOCAB.len()].to_string()))
         .take(n)
         .collect()
 }
@@ -204,33 +195,21 @@ pub(crate) fn value_for_schema(schema: &Value, text: &str, model: &str, depth: u
     if depth > 8 {
         return Value::Null;
     }
-    if let Some(first) = schema
-        .get("enum")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-    {
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|a| a.first()) {
         return first.clone();
     }
     if let Some(c) = schema.get("const") {
         return c.clone();
     }
     for key in ["anyOf", "oneOf", "allOf"] {
-        if let Some(first) = schema
-            .get(key)
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-        {
+        if let Some(first) = schema.get(key).and_then(Value::as_array).and_then(|a| a.first()) {
             return value_for_schema(first, text, model, depth + 1);
         }
     }
     let ty = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
         // ["string", "null"] style: take the first non-null type.
-        Some(Value::Array(ts)) => ts
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|t| *t != "null")
-            .unwrap_or("null"),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or("null"),
         _ if schema.get("properties").is_some() => "object",
         _ => "string",
     };
@@ -249,10 +228,7 @@ pub(crate) fn value_for_schema(schema: &Value, text: &str, model: &str, depth: u
             Value::Object(out)
         }
         "array" => {
-            let item = schema
-                .get("items")
-                .cloned()
-                .unwrap_or(json!({"type": "string"}));
+            let item = schema.get("items").cloned().unwrap_or(json!({"type": "string"}));
             Value::Array(vec![value_for_schema(&item, text, model, depth + 1)])
         }
         "integer" => json!(1),
@@ -304,22 +280,14 @@ pub(crate) fn generate(req: &GenRequest<'_>) -> Answer {
     };
 
     let (mut text, mut finish) = if good {
-        let t = if json_mode {
-            as_json(&good_text)
-        } else {
-            good_text
-        };
+        let t = if json_mode { as_json(&good_text) } else { good_text };
         (t, Finish::Stop)
     } else {
         match style {
             BadAnswer::Refusal => (REFUSAL_TEXT.to_string(), Finish::Stop),
             BadAnswer::Empty => (String::new(), Finish::Stop),
             BadAnswer::Wrong => {
-                let t = if json_mode {
-                    as_json(&wrong_text)
-                } else {
-                    wrong_text
-                };
+                let t = if json_mode { as_json(&wrong_text) } else { wrong_text };
                 (t, Finish::Stop)
             }
             BadAnswer::Truncated => {
@@ -356,11 +324,7 @@ pub(crate) fn generate(req: &GenRequest<'_>) -> Answer {
                 finish = Finish::Length;
             }
         } else if text.split_whitespace().count() > max {
-            text = text
-                .split_whitespace()
-                .take(max)
-                .collect::<Vec<_>>()
-                .join(" ");
+            text = text.split_whitespace().take(max).collect::<Vec<_>>().join(" ");
             finish = Finish::Length;
         }
     }

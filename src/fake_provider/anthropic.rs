@@ -112,9 +112,7 @@ fn content_text(content: Option<&Value>, path: &str) -> Result<String, ApiError>
                 if !BLOCK_TYPES.contains(&ty) {
                     return Err(bad_input(
                         &format!("{bpath}.type"),
-                        &format!(
-                            "Input tag '{ty}' found using 'type' does not match any of the expected tags"
-                        ),
+                        &format!("Input tag '{ty}' found using 'type' does not match any of the expected tags"),
                     ));
                 }
                 match ty {
@@ -124,9 +122,7 @@ fn content_text(content: Option<&Value>, path: &str) -> Result<String, ApiError>
                             .and_then(Value::as_str)
                             .ok_or_else(|| field_required(&format!("{bpath}.text")))?;
                         if text.is_empty() {
-                            return Err(ApiError::invalid(
-                                "messages: text content blocks must be non-empty",
-                            ));
+                            return Err(ApiError::invalid("messages: text content blocks must be non-empty"));
                         }
                         out.push(text.to_string());
                     }
@@ -148,10 +144,7 @@ fn content_text(content: Option<&Value>, path: &str) -> Result<String, ApiError>
             }
             Ok(out.join("\n"))
         }
-        Some(_) => Err(bad_input(
-            &format!("{path}.content"),
-            "Input should be a valid list",
-        )),
+        Some(_) => Err(bad_input(&format!("{path}.content"), "Input should be a valid list")),
     }
 }
 
@@ -163,10 +156,7 @@ fn system_text(system: Option<&Value>) -> Result<String, ApiError> {
             let mut out = Vec::new();
             for (i, block) in blocks.iter().enumerate() {
                 if block.get("type").and_then(Value::as_str) != Some("text") {
-                    return Err(bad_input(
-                        &format!("system.{i}.type"),
-                        "Input should be 'text'",
-                    ));
+                    return Err(bad_input(&format!("system.{i}.type"), "Input should be 'text'"));
                 }
                 let text = block
                     .get("text")
@@ -215,9 +205,7 @@ fn parse_tool(body: &Value, user_text: &str) -> Result<Option<ToolRequest>, ApiE
                 .ok_or_else(|| field_required("tool_choice.tool.name"))?;
             let found = defs.iter().find(|d| d.name == name).cloned();
             if found.is_none() {
-                return Err(ApiError::invalid(format!(
-                    "tool_choice: tool '{name}' not found in tools"
-                )));
+                return Err(ApiError::invalid(format!("tool_choice: tool '{name}' not found in tools")));
             }
             found
         }
@@ -231,9 +219,7 @@ fn parse_tool(body: &Value, user_text: &str) -> Result<Option<ToolRequest>, ApiE
         Some(other) => {
             return Err(bad_input(
                 "tool_choice",
-                &format!(
-                    "Input tag '{other}' found using 'type' does not match any of the expected tags"
-                ),
+                &format!("Input tag '{other}' found using 'type' does not match any of the expected tags"),
             ));
         }
     };
@@ -251,10 +237,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) => {
-            return Err(bad_input(
-                "model",
-                "String should have at least 1 character",
-            ));
+            return Err(bad_input("model", "String should have at least 1 character"));
         }
         None | Some(Value::Null) => return Err(field_required("model")),
         Some(_) => return Err(bad_input("model", "Input should be a valid string")),
@@ -264,10 +247,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         Some(v) => match v.as_u64() {
             Some(n) if n >= 1 => n,
             Some(_) => {
-                return Err(bad_input(
-                    "max_tokens",
-                    "Input should be greater than or equal to 1",
-                ));
+                return Err(bad_input("max_tokens", "Input should be greater than or equal to 1"));
             }
             None => return Err(bad_input("max_tokens", "Input should be a valid integer")),
         },
@@ -278,9 +258,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         Some(_) => return Err(bad_input("messages", "Input should be a valid list")),
     };
     if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "messages: at least one message is required",
-        ));
+        return Err(ApiError::invalid("messages: at least one message is required"));
     }
 
     let system = system_text(obj.get("system"))?;
@@ -295,9 +273,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         if role != "user" && role != "assistant" {
             return Err(bad_input(
                 &format!("{path}.role"),
-                &format!(
-                    "Input should be 'user' or 'assistant' (got '{role}'); use the top-level `system` parameter for system prompts"
-                ),
+                &format!("Input should be 'user' or 'assistant' (got '{role}'); use the top-level `system` parameter for system prompts"),
             ));
         }
         let text = content_text(msg.get("content"), &path)?;
@@ -326,12 +302,9 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                s.as_str().map(str::to_string).ok_or_else(|| {
-                    bad_input(
-                        &format!("stop_sequences.{i}"),
-                        "Input should be a valid string",
-                    )
-                })
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad_input(&format!("stop_sequences.{i}"), "Input should be a valid string"))
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad_input("stop_sequences", "Input should be a valid list")),
@@ -342,10 +315,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         model,
         stream,
         include_usage: false,
-        prompt: Prompt {
-            user_text,
-            total_chars,
-        },
+        prompt: Prompt { user_text, total_chars },
         format: OutputFormat::Text,
         max_tokens: Some(max_tokens),
         stop,
@@ -463,10 +433,7 @@ pub(crate) fn stream_frames(ctx: &RenderCtx<'_>, drop_after: Option<usize>) -> V
             frames.push(Frame::Abort);
             return frames;
         }
-        frames.push(event(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
-        ));
+        frames.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
     }
     if !ping_sent {
         frames.push(event("ping", &json!({"type": "ping"})));

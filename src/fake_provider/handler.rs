@@ -98,10 +98,7 @@ pub(crate) struct RenderCtx<'a> {
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A fresh random id suffix.
@@ -169,11 +166,7 @@ fn check_auth(api: Api, scenario: &Scenario, headers: &HeaderMap) -> Result<(), 
                      Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 ));
             };
-            let key = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+            let key = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             if key == Some(expected) {
                 Ok(())
             } else {
@@ -225,10 +218,7 @@ pub(crate) async fn anthropic_messages(State(state): State<AppState>, req: Reque
 
 async fn handle(state: AppState, api: Api, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let kill = parts
-        .extensions
-        .get::<ConnectInfo<ConnKill>>()
-        .map(|ConnectInfo(k)| k.clone());
+    let kill = parts.extensions.get::<ConnectInfo<ConnKill>>().map(|ConnectInfo(k)| k.clone());
     let scenario = state.scenario();
 
     let checked = async {
@@ -238,17 +228,9 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
         }
         let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("could not read request body: {e}"),
-                )
-            })?;
-        let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid(format!(
-                "We could not parse the JSON body of your request. ({e})"
-            ))
-        })?;
+            .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("could not read request body: {e}")))?;
+        let json: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("We could not parse the JSON body of your request. ({e})")))?;
         let parsed = match api {
             Api::Openai => openai::parse(&json, scenario.is_strict())?,
             Api::Anthropic => anthropic::parse(&json, scenario.is_strict())?,
@@ -272,14 +254,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
         headers: logged_headers(&parts.headers),
         body: json,
     };
-    let (behaviour, guard) = state.begin_request(
-        api,
-        &parsed.model,
-        parsed.stream,
-        &config,
-        scenario.seed,
-        log,
-    );
+    let (behaviour, guard) = state.begin_request(api, &parsed.model, parsed.stream, &config, scenario.seed, log);
 
     if config.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(config.latency_ms)).await;
@@ -306,8 +281,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
             let message = message.unwrap_or_else(|| default_error_message(status).to_string());
             let mut err = ApiError::new(status, message);
             if let Some(ms) = retry_after_ms {
-                err.headers
-                    .push((HeaderName::from_static("retry-after-ms"), ms.to_string()));
+                err.headers.push((HeaderName::from_static("retry-after-ms"), ms.to_string()));
             }
             let secs = retry_after_s.or(retry_after_ms.map(|ms| ms.div_ceil(1000)));
             if let Some(s) = secs {
@@ -323,10 +297,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
             if let Some(kill) = &kill {
                 kill.kill();
             }
-            return error_response(
-                api,
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
-            );
+            return error_response(api, ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"));
         }
         Behavior::Reset => {
             state.note_fault(&model);
@@ -362,12 +333,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
     }
 
     let (answer, id) = synthesize(api, &parsed, &config, force_bad);
-    state.note_answer(
-        &model,
-        answer.good,
-        parsed.prompt.tokens(),
-        answer.completion_tokens,
-    );
+    state.note_answer(&model, answer.good, parsed.prompt.tokens(), answer.completion_tokens);
     let ctx = render_ctx(&parsed, &answer, id);
     let delay = Duration::from_millis(config.chunk_delay_ms);
 
@@ -395,10 +361,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
         let body = ScriptedBody::new(frames, delay, Some(guard)).into_body();
         let mut resp = Response::new(body);
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         resp
     } else {
@@ -417,10 +380,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
         };
         let mut resp = Response::new(body);
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if drop_after.is_some() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
@@ -478,10 +438,7 @@ fn pad_json(value: &mut Value, target: usize) {
     map.insert("x_fake_padding".into(), Value::String(String::new()));
     let base = Value::Object(map.clone()).to_string().len();
     if target > base {
-        map.insert(
-            "x_fake_padding".into(),
-            Value::String("x".repeat(target - base)),
-        );
+        map.insert("x_fake_padding".into(), Value::String("x".repeat(target - base)));
     }
 }
 
@@ -503,10 +460,8 @@ fn reset_response(kill: Option<&ConnKill>) -> Response {
         None => {
             let body = ScriptedBody::new(vec![Frame::Abort], Duration::ZERO, None).into_body();
             let mut resp = Response::new(body);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
     }

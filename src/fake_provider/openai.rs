@@ -55,14 +55,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "verbosity",
 ];
 
-const ROLES: &[&str] = &[
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
-];
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
 const PART_TYPES: &[&str] = &["text", "image_url", "input_audio", "file", "refusal"];
 
 /// Renders an error as `{"error": {"message", "type", "param", "code"}}`.
@@ -153,11 +146,9 @@ fn parse_format(body: &Value) -> Result<OutputFormat, ApiError> {
                     .code("missing_required_parameter")
             })?;
             if js.get("name").and_then(Value::as_str).is_none() {
-                return Err(ApiError::invalid(
-                    "Missing required parameter: 'response_format.json_schema.name'.",
-                )
-                .param("response_format.json_schema.name")
-                .code("missing_required_parameter"));
+                return Err(ApiError::invalid("Missing required parameter: 'response_format.json_schema.name'.")
+                    .param("response_format.json_schema.name")
+                    .code("missing_required_parameter"));
             }
             let schema = js.get("schema").cloned().unwrap_or(json!({"type": "object"}));
             Ok(OutputFormat::JsonSchema(schema))
@@ -179,22 +170,14 @@ fn parse_tool(body: &Value, user_text: &str) -> Result<Option<ToolRequest>, ApiE
     let mut defs = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
         if tool.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(ApiError::invalid(format!(
-                "Missing required parameter: 'tools[{i}].type'."
-            ))
-            .param(format!("tools[{i}].type")));
+            return Err(ApiError::invalid(format!("Missing required parameter: 'tools[{i}].type'.")).param(format!("tools[{i}].type")));
         }
         let f = tool.get("function");
-        let name = f
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "Missing required parameter: 'tools[{i}].function.name'."
-                ))
+        let name = f.and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
+            ApiError::invalid(format!("Missing required parameter: 'tools[{i}].function.name'."))
                 .param(format!("tools[{i}].function.name"))
                 .code("missing_required_parameter")
-            })?;
+        })?;
         let params = f
             .and_then(|f| f.get("parameters"))
             .cloned()
@@ -223,20 +206,19 @@ fn parse_tool(body: &Value, user_text: &str) -> Result<Option<ToolRequest>, ApiE
                 .unwrap_or_default();
             let found = defs.iter().find(|d| d.name == name).cloned();
             if found.is_none() {
-                return Err(ApiError::invalid(format!(
-                    "Invalid value for 'tool_choice': tool '{name}' not found in 'tools'."
-                ))
-                .param("tool_choice"));
+                return Err(
+                    ApiError::invalid(format!("Invalid value for 'tool_choice': tool '{name}' not found in 'tools'.")).param("tool_choice"),
+                );
             }
             found
         }
         _ => return Err(invalid_type("tool_choice", "a string or object")),
     };
     if defs.is_empty() && !choice.is_null() {
-        return Err(ApiError::invalid(
-            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
-        )
-        .param("tool_choice"));
+        return Err(
+            ApiError::invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
+                .param("tool_choice"),
+        );
     }
     Ok(chosen)
 }
@@ -247,9 +229,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         .as_object()
         .ok_or_else(|| ApiError::invalid("The request body must be a JSON object."))?;
     if strict && let Some(unknown) = obj.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(format!(
-            "Unrecognized request argument supplied: {unknown}"
-        )));
+        return Err(ApiError::invalid(format!("Unrecognized request argument supplied: {unknown}")));
     }
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -294,18 +274,18 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         }
         let content = msg.get("content").unwrap_or(&Value::Null);
         if content.is_null() && role != "assistant" {
-            return Err(ApiError::invalid(format!(
-                "Invalid value for '{path}.content': expected a string, got null."
-            ))
-            .param(format!("{path}.content"))
-            .code("invalid_type"));
+            return Err(
+                ApiError::invalid(format!("Invalid value for '{path}.content': expected a string, got null."))
+                    .param(format!("{path}.content"))
+                    .code("invalid_type"),
+            );
         }
         if role == "tool" && msg.get("tool_call_id").and_then(Value::as_str).is_none() {
-            return Err(ApiError::invalid(
-                "Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.",
-            )
-            .param(format!("{path}.tool_call_id"))
-            .code("missing_required_parameter"));
+            return Err(
+                ApiError::invalid("Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.")
+                    .param(format!("{path}.tool_call_id"))
+                    .code("missing_required_parameter"),
+            );
         }
         let text = content_text(content, &format!("{path}.content"))?;
         total_chars += text.chars().count();
@@ -324,35 +304,30 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         None | Some(Value::Null) => false,
         Some(opts) => {
             if !stream {
-                return Err(ApiError::invalid(
-                    "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                )
-                .param("stream_options")
-                .code("invalid_value"));
+                return Err(
+                    ApiError::invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+                        .param("stream_options")
+                        .code("invalid_value"),
+                );
             }
-            opts.get("include_usage")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
+            opts.get("include_usage").and_then(Value::as_bool).unwrap_or(false)
         }
     };
     let max_tokens = match obj
         .get("max_completion_tokens")
         .filter(|v| !v.is_null())
         .map(|v| ("max_completion_tokens", v))
-        .or_else(|| {
-            obj.get("max_tokens")
-                .filter(|v| !v.is_null())
-                .map(|v| ("max_tokens", v))
-        }) {
+        .or_else(|| obj.get("max_tokens").filter(|v| !v.is_null()).map(|v| ("max_tokens", v)))
+    {
         None => None,
         Some((name, v)) => match v.as_u64() {
             Some(n) if n >= 1 => Some(n),
             Some(_) => {
-                return Err(ApiError::invalid(format!(
-                    "Invalid '{name}': integer below minimum value. Expected a value >= 1."
-                ))
-                .param(name)
-                .code("integer_below_min_value"));
+                return Err(
+                    ApiError::invalid(format!("Invalid '{name}': integer below minimum value. Expected a value >= 1."))
+                        .param(name)
+                        .code("integer_below_min_value"),
+                );
             }
             None => return Err(invalid_type(name, "an integer")),
         },
@@ -361,11 +336,11 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         match t.as_f64() {
             Some(t) if (0.0..=2.0).contains(&t) => {}
             Some(_) => {
-                return Err(ApiError::invalid(
-                    "Invalid 'temperature': decimal above maximum value. Expected a value <= 2.",
-                )
-                .param("temperature")
-                .code("decimal_above_max_value"));
+                return Err(
+                    ApiError::invalid("Invalid 'temperature': decimal above maximum value. Expected a value <= 2.")
+                        .param("temperature")
+                        .code("decimal_above_max_value"),
+                );
             }
             None => return Err(invalid_type("temperature", "a number")),
         }
@@ -380,10 +355,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => {
             if a.len() > 4 {
-                return Err(ApiError::invalid(
-                    "Invalid 'stop': array too long. Expected an array with maximum length 4.",
-                )
-                .param("stop"));
+                return Err(ApiError::invalid("Invalid 'stop': array too long. Expected an array with maximum length 4.").param("stop"));
             }
             a.iter()
                 .map(|s| {
@@ -402,10 +374,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         model,
         stream,
         include_usage,
-        prompt: Prompt {
-            user_text,
-            total_chars,
-        },
+        prompt: Prompt { user_text, total_chars },
         format,
         max_tokens,
         stop,
@@ -503,10 +472,7 @@ pub(crate) fn stream_frames(ctx: &RenderCtx<'_>, drop_after: Option<usize>) -> V
         let args: Vec<char> = args.to_string().chars().collect();
         for piece in args.chunks(16) {
             let piece: String = piece.iter().collect();
-            content_chunks.push(chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
-                None,
-            ));
+            content_chunks.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), None));
         }
     } else {
         for piece in stream_pieces(&ctx.answer.text) {
@@ -514,20 +480,14 @@ pub(crate) fn stream_frames(ctx: &RenderCtx<'_>, drop_after: Option<usize>) -> V
         }
     }
 
-    let mut frames = vec![sse_data(&chunk(
-        json!({"role": "assistant", "content": "", "refusal": null}),
-        None,
-    ))];
+    let mut frames = vec![sse_data(&chunk(json!({"role": "assistant", "content": "", "refusal": null}), None))];
     if let Some(n) = drop_after {
         frames.extend(content_chunks.iter().take(n).map(sse_data));
         frames.push(Frame::Abort);
         return frames;
     }
     frames.extend(content_chunks.iter().map(sse_data));
-    frames.push(sse_data(&chunk(
-        json!({}),
-        Some(finish_reason(&ctx.answer.finish)),
-    )));
+    frames.push(sse_data(&chunk(json!({}), Some(finish_reason(&ctx.answer.finish)))));
     if include_usage {
         frames.push(sse_data(&json!({
             "id": ctx.id,

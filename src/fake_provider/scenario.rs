@@ -148,16 +148,14 @@ impl Scenario {
 
     /// Parses a scenario from JSON text (the control-plane format).
     pub fn from_json_str(s: &str) -> anyhow::Result<Scenario> {
-        let scenario: Scenario =
-            serde_json::from_str(s).context("invalid fake-provider scenario")?;
+        let scenario: Scenario = serde_json::from_str(s).context("invalid fake-provider scenario")?;
         scenario.validate()?;
         Ok(scenario)
     }
 
     /// Loads a scenario file: JSON if the extension is `.json`, TOML otherwise.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading scenario {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading scenario {}", path.display()))?;
         let parsed = if path.extension().is_some_and(|e| e == "json") {
             Self::from_json_str(&text)
         } else {
@@ -168,20 +166,13 @@ impl Scenario {
 
     /// Checks value ranges that serde cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let specs = std::iter::once(("[defaults]", &self.defaults))
-            .chain(self.models.iter().map(|(k, v)| (k.as_str(), v)));
+        let specs = std::iter::once(("[defaults]", &self.defaults)).chain(self.models.iter().map(|(k, v)| (k.as_str(), v)));
         for (name, spec) in specs {
             if let Some(a) = spec.ability {
-                anyhow::ensure!(
-                    (0.0..=1.0).contains(&a),
-                    "model {name}: ability must be within 0..=1, got {a}"
-                );
+                anyhow::ensure!((0.0..=1.0).contains(&a), "model {name}: ability must be within 0..=1, got {a}");
             }
             if let Some(r) = spec.fail_rate {
-                anyhow::ensure!(
-                    (0.0..=1.0).contains(&r),
-                    "model {name}: fail_rate must be within 0..=1, got {r}"
-                );
+                anyhow::ensure!((0.0..=1.0).contains(&r), "model {name}: fail_rate must be within 0..=1, got {r}");
             }
             let behaviours = spec.sequence.iter().flatten().chain(spec.fail_with.iter());
             for b in behaviours {
@@ -293,19 +284,13 @@ mod tests {
     fn rejects_typos_and_bad_ranges() {
         assert!(Scenario::from_toml_str("[models.a]\nabilty = 0.3").is_err());
         assert!(Scenario::from_toml_str("[models.a]\nability = 1.3").is_err());
-        assert!(
-            Scenario::from_toml_str("[models.a]\nsequence = [{kind = \"status\", stauts = 1}]")
-                .is_err()
-        );
+        assert!(Scenario::from_toml_str("[models.a]\nsequence = [{kind = \"status\", stauts = 1}]").is_err());
         assert!(Scenario::from_toml_str("[models.a]\nsequence = [{kind = \"nope\"}]").is_err());
     }
 
     #[test]
     fn json_round_trip() {
-        let s = Scenario::from_toml_str(
-            "[models.a]\nsequence = [{kind = \"status\", status = 429, retry_after_s = 2}]",
-        )
-        .expect("valid");
+        let s = Scenario::from_toml_str("[models.a]\nsequence = [{kind = \"status\", status = 429, retry_after_s = 2}]").expect("valid");
         let json = serde_json::to_string(&s).expect("serializable");
         assert_eq!(Scenario::from_json_str(&json).expect("valid json"), s);
     }

@@ -194,11 +194,7 @@ impl Shared {
     }
 
     pub fn note_fault(&self, model: &str) {
-        lock(&self.counters)
-            .stats
-            .entry(model.to_string())
-            .or_default()
-            .faults += 1;
+        lock(&self.counters).stats.entry(model.to_string()).or_default().faults += 1;
     }
 
     pub fn note_answer(&self, model: &str, good: bool, prompt_tokens: u64, completion_tokens: u64) {

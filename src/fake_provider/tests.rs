@@ -19,9 +19,7 @@ struct Fake {
 
 impl Fake {
     async fn start(scenario: Scenario) -> Fake {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -120,11 +118,7 @@ async fn openai_non_stream_shape() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-request-id"));
     let v: Value = resp.json().await.expect("json");
-    assert!(
-        v["id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("chatcmpl-"))
-    );
+    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "m");
     assert!(v["created"].as_u64().is_some());
@@ -165,9 +159,7 @@ async fn openai_max_tokens_json_mode_and_validation() {
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(v["error"]["param"].is_null());
 
-    let resp = fake
-        .openai(json!({"messages": [{"role": "user", "content": "x"}]}))
-        .await;
+    let resp = fake.openai(json!({"messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["error"]["param"], "model");
@@ -258,12 +250,7 @@ async fn anthropic_non_stream_shape_and_validation() {
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("msg")
-            .contains("max_tokens")
-    );
+    assert!(v["error"]["message"].as_str().expect("msg").contains("max_tokens"));
 
     // anthropic-version is required.
     let resp = fake
@@ -277,8 +264,7 @@ async fn anthropic_non_stream_shape_and_validation() {
 
     // A system role inside messages is an error.
     let mut body = messages("c", "hi");
-    body["messages"] =
-        json!([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]);
+    body["messages"] = json!([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]);
     assert_eq!(fake.anthropic(body).await.status(), 400);
 
     // So is an OpenAI-only parameter.
@@ -309,42 +295,18 @@ async fn anthropic_stream_event_sequence() {
     );
     let text = resp.text().await.expect("body");
     let events = sse_events(&text);
-    let names: Vec<&str> = events
-        .iter()
-        .map(|(n, _)| n.as_deref().expect("named"))
-        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().expect("named")).collect();
     assert_eq!(names[..3], ["message_start", "content_block_start", "ping"]);
-    assert!(
-        names[3..names.len() - 3]
-            .iter()
-            .all(|n| *n == "content_block_delta")
-    );
+    assert!(names[3..names.len() - 3].iter().all(|n| *n == "content_block_delta"));
     assert!(names.len() > 6);
-    assert_eq!(
-        names[names.len() - 3..],
-        ["content_block_stop", "message_delta", "message_stop"]
-    );
-    let datas: Vec<Value> = events
-        .iter()
-        .map(|(_, d)| serde_json::from_str(d).expect("event json"))
-        .collect();
+    assert_eq!(names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
+    let datas: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).expect("event json")).collect();
     for ((name, _), data) in events.iter().zip(&datas) {
-        assert_eq!(
-            data["type"].as_str(),
-            name.as_deref(),
-            "type matches event name"
-        );
+        assert_eq!(data["type"].as_str(), name.as_deref(), "type matches event name");
     }
     assert_eq!(datas[0]["message"]["content"], json!([]));
-    assert!(
-        datas[0]["message"]["usage"]["input_tokens"]
-            .as_u64()
-            .is_some()
-    );
-    assert_eq!(
-        datas[1]["content_block"],
-        json!({"type": "text", "text": ""})
-    );
+    assert!(datas[0]["message"]["usage"]["input_tokens"].as_u64().is_some());
+    assert_eq!(datas[1]["content_block"], json!({"type": "text", "text": ""}));
     let text: String = datas
         .iter()
         .filter(|d| d["type"] == "content_block_delta")
@@ -408,26 +370,14 @@ async fn ability_and_fails_on() {
         "#,
     )
     .await;
-    let content = |v: Value| {
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::to_string)
-    };
+    let content = |v: Value| v["choices"][0]["message"]["content"].as_str().map(str::to_string);
     let easy = fake.openai(chat("weak", "easy [difficulty=0.2]")).await;
     let easy = content(easy.json().await.expect("json")).expect("content");
     assert!(easy.starts_with("Answer from weak"));
     let hard = fake.openai(chat("weak", "hard [difficulty=0.9]")).await;
-    assert_eq!(
-        content(hard.json().await.expect("json")).as_deref(),
-        Some(REFUSAL_TEXT)
-    );
-    let regex = fake
-        .openai(chat("weak", "write a regex please [difficulty=0.1]"))
-        .await;
-    assert_eq!(
-        content(regex.json().await.expect("json")).as_deref(),
-        Some(REFUSAL_TEXT)
-    );
+    assert_eq!(content(hard.json().await.expect("json")).as_deref(), Some(REFUSAL_TEXT));
+    let regex = fake.openai(chat("weak", "write a regex please [difficulty=0.1]")).await;
+    assert_eq!(content(regex.json().await.expect("json")).as_deref(), Some(REFUSAL_TEXT));
     let wrong = fake.openai(chat("wrong", "anything")).await;
     let wrong = content(wrong.json().await.expect("json")).expect("content");
     assert!(wrong.contains(WRONG_MARKER));
@@ -459,12 +409,9 @@ async fn hang_until_client_timeout() {
 
 #[tokio::test]
 async fn hang_is_released_by_shutdown() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let scenario =
-        Scenario::from_toml_str("[defaults]\nsequence = [{kind = \"hang\"}]").expect("scenario");
+    let scenario = Scenario::from_toml_str("[defaults]\nsequence = [{kind = \"hang\"}]").expect("scenario");
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, scenario, async move {
         let _ = rx.await;
@@ -512,21 +459,14 @@ async fn drop_stream_aborts_openai_and_anthropic_streams() {
     assert!(failed, "body must end with an error");
     let text = String::from_utf8_lossy(&received);
     assert!(!text.contains("[DONE]"));
-    assert_eq!(
-        text.matches("data: ").count(),
-        3,
-        "role chunk + 2 content chunks"
-    );
+    assert_eq!(text.matches("data: ").count(), 3, "role chunk + 2 content chunks");
 
     let mut body = messages("m", "hi");
     body["stream"] = json!(true);
     let resp = fake.anthropic(body).await;
     assert_eq!(resp.status(), 200);
     let err = resp.text().await.expect_err("body must fail");
-    assert!(
-        err.is_body() || err.is_decode() || err.is_request(),
-        "{err:?}"
-    );
+    assert!(err.is_body() || err.is_decode() || err.is_request(), "{err:?}");
 
     // Non-streaming: a truncated body.
     let resp = fake.openai(chat("m", "hi")).await;
@@ -566,12 +506,7 @@ async fn transport_faults() {
 
     let resp = fake.openai(chat("m", "hi")).await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/html")
-    );
+    assert!(resp.headers()["content-type"].to_str().expect("ascii").starts_with("text/html"));
 
     let resp = fake.openai(chat("m", "hi")).await;
     let bytes = resp.bytes().await.expect("body");
@@ -620,19 +555,10 @@ async fn control_plane_replace_and_reset() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "a");
 
-    let resp = fake
-        .client
-        .post(fake.url("/_fake/reset"))
-        .send()
-        .await
-        .expect("reset");
+    let resp = fake.client.post(fake.url("/_fake/reset")).send().await.expect("reset");
     assert_eq!(resp.status(), 200);
     assert_eq!(fake.stats().await["total"], 0);
-    assert_eq!(
-        fake.openai(chat("a", "hi")).await.status(),
-        500,
-        "counters reset"
-    );
+    assert_eq!(fake.openai(chat("a", "hi")).await.status(), 500, "counters reset");
 
     // Invalid scenarios are rejected and leave the live one in place.
     let resp = fake
@@ -693,8 +619,7 @@ async fn api_key_auth() {
 
 #[tokio::test]
 async fn fail_rate_is_seeded() {
-    let scenario =
-        "seed = 7\n[models.f]\nfail_rate = 0.5\nfail_with = { kind = \"status\", status = 503 }";
+    let scenario = "seed = 7\n[models.f]\nfail_rate = 0.5\nfail_with = { kind = \"status\", status = 503 }";
     let mut runs = Vec::new();
     for _ in 0..2 {
         let fake = Fake::toml(scenario).await;
@@ -723,8 +648,7 @@ async fn tool_calls() {
     assert_eq!(choice["finish_reason"], "tool_calls");
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().expect("args")).expect("json");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().expect("args")).expect("json");
     assert!(args["city"].is_string());
 
     body["stream"] = json!(true);
@@ -744,13 +668,9 @@ async fn tool_calls() {
 
 #[tokio::test]
 async fn app_router_works_in_process() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = app(
-        Scenario::from_toml_str("[defaults]\nsequence = [{kind = \"reset\"}]").expect("scenario"),
-    );
+    let router = app(Scenario::from_toml_str("[defaults]\nsequence = [{kind = \"reset\"}]").expect("scenario"));
     tokio::spawn(async move { axum::serve(listener, router).await });
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/chat/completions");
@@ -759,11 +679,6 @@ async fn app_router_works_in_process() {
     if let Ok(resp) = first {
         assert!(resp.bytes().await.is_err());
     }
-    let resp = client
-        .post(&url)
-        .json(&chat("m", "hi"))
-        .send()
-        .await
-        .expect("sent");
+    let resp = client.post(&url).json(&chat("m", "hi")).send().await.expect("sent");
     assert_eq!(resp.status(), 200);
 }

@@ -16,9 +16,7 @@
 use super::sse::SseParser;
 use super::{ChunkStream, ProviderError, classify_reqwest, is_content_type, read_body_limited, status_error};
 use crate::config::ModelConfig;
-use crate::wire::{
-    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta, ResponseMessage, Role, Usage, unix_now,
-};
+use crate::wire::{ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta, ResponseMessage, Role, Usage, unix_now};
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
@@ -34,7 +32,11 @@ pub struct AnthropicProvider {
 
 impl AnthropicProvider {
     pub fn new(base_url: String, api_key: Option<String>, http: reqwest::Client) -> Self {
-        AnthropicProvider { url: format!("{base_url}/messages"), api_key, http }
+        AnthropicProvider {
+            url: format!("{base_url}/messages"),
+            api_key,
+            http,
+        }
     }
 
     async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
@@ -118,7 +120,12 @@ pub fn translate_request(req: &ChatRequest, model: &ModelConfig, stream: bool) -
     body.insert("max_tokens".into(), json!(max_tokens));
     body.insert(
         "messages".into(),
-        Value::Array(messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect()),
+        Value::Array(
+            messages
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
     );
     if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
@@ -178,7 +185,11 @@ fn content_blocks(content: Option<&Content>) -> Vec<Value> {
         Some(Content::Parts(parts)) => parts
             .iter()
             .filter_map(|p| match p.kind.as_str() {
-                "text" => p.text.as_ref().map(|t| json!({"type": "text", "text": t})),
+                "text" => p
+                    .text
+                    .as_ref()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| json!({"type": "text", "text": t})),
                 "image_url" => {
                     let url = p.extra.get("image_url").and_then(|u| u.get("url")).and_then(|u| u.as_str())?;
                     Some(image_block(url))
@@ -240,7 +251,11 @@ pub fn translate_response(v: &Value, model_name: &str) -> Result<ChatCompletion,
         )
     });
     Ok(ChatCompletion {
-        id: v.get("id").and_then(|i| i.as_str()).map(|s| format!("chatcmpl-{s}")).unwrap_or_else(|| "chatcmpl-anthropic".into()),
+        id: v
+            .get("id")
+            .and_then(|i| i.as_str())
+            .map(|s| format!("chatcmpl-{s}"))
+            .unwrap_or_else(|| "chatcmpl-anthropic".into()),
         object: "chat.completion".into(),
         created: unix_now(),
         model: model_name.to_string(),
@@ -282,7 +297,12 @@ impl StreamState {
             choices: if usage.is_some() && finish_reason.is_none() && delta.content.is_none() {
                 Vec::new()
             } else {
-                vec![ChunkChoice { index: 0, delta, finish_reason, extra: Map::new() }]
+                vec![ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason,
+                    extra: Map::new(),
+                }]
             },
             usage,
             extra: Map::new(),
@@ -305,7 +325,11 @@ impl StreamState {
                     self.id = format!("chatcmpl-{id}");
                 }
                 self.input_tokens = v.pointer("/message/usage/input_tokens").and_then(|n| n.as_u64()).unwrap_or(0);
-                let delta = Delta { role: Some("assistant".into()), content: Some(String::new()), ..Default::default() };
+                let delta = Delta {
+                    role: Some("assistant".into()),
+                    content: Some(String::new()),
+                    ..Default::default()
+                };
                 let c = self.chunk(delta, None, None);
                 self.ready.push_back(Ok(c));
             }
@@ -320,14 +344,28 @@ impl StreamState {
                         "type": "function",
                         "function": {"name": v.pointer("/content_block/name").cloned().unwrap_or(Value::Null), "arguments": ""},
                     });
-                    let c = self.chunk(Delta { tool_calls: Some(vec![call]), ..Default::default() }, None, None);
+                    let c = self.chunk(
+                        Delta {
+                            tool_calls: Some(vec![call]),
+                            ..Default::default()
+                        },
+                        None,
+                        None,
+                    );
                     self.ready.push_back(Ok(c));
                 }
             }
             "content_block_delta" => match v.pointer("/delta/type").and_then(|t| t.as_str()) {
                 Some("text_delta") => {
                     let text = v.pointer("/delta/text").and_then(|t| t.as_str()).unwrap_or("").to_string();
-                    let c = self.chunk(Delta { content: Some(text), ..Default::default() }, None, None);
+                    let c = self.chunk(
+                        Delta {
+                            content: Some(text),
+                            ..Default::default()
+                        },
+                        None,
+                        None,
+                    );
                     self.ready.push_back(Ok(c));
                 }
                 Some("input_json_delta") => {
@@ -335,7 +373,14 @@ impl StreamState {
                     let idx = self.tool_index.get(&block_index).copied().unwrap_or(0);
                     let part = v.pointer("/delta/partial_json").cloned().unwrap_or(json!(""));
                     let call = json!({"index": idx, "function": {"arguments": part}});
-                    let c = self.chunk(Delta { tool_calls: Some(vec![call]), ..Default::default() }, None, None);
+                    let c = self.chunk(
+                        Delta {
+                            tool_calls: Some(vec![call]),
+                            ..Default::default()
+                        },
+                        None,
+                        None,
+                    );
                     self.ready.push_back(Ok(c));
                 }
                 _ => {}
@@ -350,8 +395,13 @@ impl StreamState {
             }
             "message_stop" => self.done = true,
             "error" => {
-                let msg = v.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or("unknown error").to_string();
-                self.ready.push_back(Err(ProviderError::Stream(format!("upstream error event: {msg}"))));
+                let msg = v
+                    .pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("unknown error")
+                    .to_string();
+                self.ready
+                    .push_back(Err(ProviderError::Stream(format!("upstream error event: {msg}"))));
             }
             _ => {} // ping, content_block_stop, and event types added later
         }
@@ -393,7 +443,10 @@ fn event_stream(resp: reqwest::Response, model: String) -> ChunkStream {
                 }
                 None => {
                     st.done = true;
-                    return Some((Err(ProviderError::Stream("upstream closed the stream before message_stop".into())), st));
+                    return Some((
+                        Err(ProviderError::Stream("upstream closed the stream before message_stop".into())),
+                        st,
+                    ));
                 }
             }
         }
@@ -460,7 +513,10 @@ mod tests {
         assert_eq!(c.choices[0].message.content.as_deref(), Some("hello"));
         assert_eq!(c.choices[0].finish_reason.as_deref(), Some("length"));
         assert_eq!(c.usage, Some(Usage::new(5, 7)));
-        assert_eq!(c.choices[0].message.tool_calls.as_ref().unwrap()[0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            c.choices[0].message.tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert!(translate_response(&json!({"id": "x"}), "claude").is_err());
     }
 }

@@ -25,7 +25,11 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderError {
     /// The upstream answered with a non-success status.
-    Status { status: u16, retry_after: Option<Duration>, message: String },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
     /// Could not connect, or the connection was reset before a response.
     Connect(String),
     /// No (complete) answer within the allowed time; `phase` says which limit.
@@ -113,9 +117,10 @@ impl Provider {
     /// Build the adapter; reads the API key from the configured environment variable.
     pub fn new(cfg: &ProviderConfig, http: reqwest::Client) -> anyhow::Result<Provider> {
         let api_key = match &cfg.api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                anyhow::anyhow!("providers '{}': environment variable {var} (api_key_env) is not set", cfg.name)
-            })?),
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| anyhow::anyhow!("providers '{}': environment variable {var} (api_key_env) is not set", cfg.name))?,
+            ),
             None => None,
         };
         let base = cfg.base_url.trim_end_matches('/').to_string();
@@ -178,7 +183,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// `retry-after` (seconds or HTTP date) or `retry-after-ms`.
 pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
         && ms >= 0.0
     {
         return Some(Duration::from_millis(ms as u64));
@@ -219,7 +227,11 @@ pub(crate) async fn status_error(resp: reqwest::Response) -> ProviderError {
         .ok()
         .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-    ProviderError::Status { status, retry_after, message }
+    ProviderError::Status {
+        status,
+        retry_after,
+        message,
+    }
 }
 
 pub(crate) fn is_content_type(resp: &reqwest::Response, expected: &str) -> bool {

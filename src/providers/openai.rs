@@ -21,7 +21,11 @@ pub struct OpenAiProvider {
 
 impl OpenAiProvider {
     pub fn new(base_url: String, api_key: Option<String>, http: reqwest::Client) -> Self {
-        OpenAiProvider { url: format!("{base_url}/chat/completions"), api_key, http }
+        OpenAiProvider {
+            url: format!("{base_url}/chat/completions"),
+            api_key,
+            http,
+        }
     }
 
     fn body(req: &ChatRequest, model: &ModelConfig, stream: bool) -> ChatRequest {
@@ -55,8 +59,15 @@ impl OpenAiProvider {
     pub async fn complete(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChatCompletion, ProviderError> {
         let resp = self.send(&Self::body(req, model, false)).await?;
         if !is_content_type(&resp, "application/json") {
-            let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
-            return Err(ProviderError::Malformed(format!("expected application/json, got content-type {ct}")));
+            let ct = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
+            return Err(ProviderError::Malformed(format!(
+                "expected application/json, got content-type {ct}"
+            )));
         }
         let bytes = read_body_limited(resp, super::MAX_RESPONSE_BYTES).await?;
         let completion: ChatCompletion =
@@ -70,8 +81,15 @@ impl OpenAiProvider {
     pub async fn stream(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChunkStream, ProviderError> {
         let resp = self.send(&Self::body(req, model, true)).await?;
         if !is_content_type(&resp, "text/event-stream") {
-            let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
-            return Err(ProviderError::Malformed(format!("expected text/event-stream, got content-type {ct}")));
+            let ct = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
+            return Err(ProviderError::Malformed(format!(
+                "expected text/event-stream, got content-type {ct}"
+            )));
         }
         Ok(chunk_stream(resp))
     }
@@ -86,7 +104,12 @@ struct StreamState {
 
 /// Parse an OpenAI SSE body into chunks; a body that ends before `data: [DONE]` is an error.
 fn chunk_stream(resp: reqwest::Response) -> ChunkStream {
-    let state = StreamState { body: resp.bytes_stream().boxed(), parser: SseParser::new(), ready: VecDeque::new(), done: false };
+    let state = StreamState {
+        body: resp.bytes_stream().boxed(),
+        parser: SseParser::new(),
+        ready: VecDeque::new(),
+        done: false,
+    };
     futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(item) = st.ready.pop_front() {

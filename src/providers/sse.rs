@@ -62,7 +62,10 @@ impl SseParser {
             if !self.has_data && self.event.is_none() {
                 return None;
             }
-            let ev = SseEvent { event: self.event.take(), data: self.data.join("\n") };
+            let ev = SseEvent {
+                event: self.event.take(),
+                data: self.data.join("\n"),
+            };
             self.data.clear();
             self.has_data = false;
             return Some(ev);

@@ -36,8 +36,8 @@ pub struct Parsed {
 /// Read the body with the configured limit: 413 past it.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
+        let too_large =
+            std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) || e.to_string().contains("length limit");
         if too_large {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -69,25 +69,37 @@ pub fn parse(state: &SharedState, headers: &HeaderMap, bytes: &[u8]) -> Result<P
     }
     for (i, m) in req.messages.iter().enumerate() {
         if matches!(m.role, Role::User | Role::System | Role::Developer) && m.content.is_none() {
-            return Err(ApiError::invalid_request("missing_content", format!("messages[{i}].content is required for role {:?}", m.role).to_lowercase())
-                .with_param(format!("messages[{i}].content")));
+            return Err(ApiError::invalid_request(
+                "missing_content",
+                format!("messages[{i}].content is required for role {:?}", m.role).to_lowercase(),
+            )
+            .with_param(format!("messages[{i}].content")));
         }
         if m.role == Role::Tool && m.tool_call_id.is_none() {
-            return Err(ApiError::invalid_request("missing_tool_call_id", format!("messages[{i}].tool_call_id is required for role tool"))
-                .with_param(format!("messages[{i}].tool_call_id")));
+            return Err(ApiError::invalid_request(
+                "missing_tool_call_id",
+                format!("messages[{i}].tool_call_id is required for role tool"),
+            )
+            .with_param(format!("messages[{i}].tool_call_id")));
         }
     }
     for (field, v) in [("max_tokens", req.max_tokens), ("max_completion_tokens", req.max_completion_tokens)] {
         if let Some(n) = v
             && (n == 0 || n > MAX_OUTPUT_TOKENS_LIMIT)
         {
-            return Err(ApiError::invalid_request("invalid_value", format!("'{field}' must be between 1 and {MAX_OUTPUT_TOKENS_LIMIT}, got {n}")).with_param(field));
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                format!("'{field}' must be between 1 and {MAX_OUTPUT_TOKENS_LIMIT}, got {n}"),
+            )
+            .with_param(field));
         }
     }
     if let Some(t) = req.temperature
         && !(0.0..=2.0).contains(&t)
     {
-        return Err(ApiError::invalid_request("invalid_value", format!("'temperature' must be between 0 and 2, got {t}")).with_param("temperature"));
+        return Err(
+            ApiError::invalid_request("invalid_value", format!("'temperature' must be between 0 and 2, got {t}")).with_param("temperature"),
+        );
     }
     if let Some(p) = req.top_p
         && !(0.0..=1.0).contains(&p)
@@ -97,32 +109,50 @@ pub fn parse(state: &SharedState, headers: &HeaderMap, bytes: &[u8]) -> Result<P
     if let Some(f) = &req.response_format
         && !matches!(f.kind.as_str(), "text" | "json_object" | "json_schema")
     {
-        return Err(ApiError::invalid_request("invalid_value", format!("response_format.type '{}' is not one of text, json_object, json_schema", f.kind))
-            .with_param("response_format.type"));
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!("response_format.type '{}' is not one of text, json_object, json_schema", f.kind),
+        )
+        .with_param("response_format.type"));
     }
 
     // Hints: the body field wins over the header when both name a task.
     let header_task = match headers.get("x-ladder-task") {
         Some(v) => {
-            let s = v.to_str().map_err(|_| ApiError::invalid_request("invalid_task", "x-ladder-task is not valid text").with_param("x-ladder-task"))?;
-            Some(s.parse::<Task>().map_err(|e| ApiError::invalid_request("invalid_task", e.to_string()).with_param("x-ladder-task"))?)
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::invalid_request("invalid_task", "x-ladder-task is not valid text").with_param("x-ladder-task"))?;
+            Some(
+                s.parse::<Task>()
+                    .map_err(|e| ApiError::invalid_request("invalid_task", e.to_string()).with_param("x-ladder-task"))?,
+            )
         }
         None => None,
     };
     let hints = req.ladder.clone().unwrap_or_default();
     let body_task = match &hints.task {
-        Some(s) => Some(s.parse::<Task>().map_err(|e| ApiError::invalid_request("invalid_task", e.to_string()).with_param("ladder.task"))?),
+        Some(s) => Some(
+            s.parse::<Task>()
+                .map_err(|e| ApiError::invalid_request("invalid_task", e.to_string()).with_param("ladder.task"))?,
+        ),
         None => None,
     };
     if let Some(c) = hints.max_cost_usd
         && !(c > 0.0 && c.is_finite())
     {
-        return Err(ApiError::invalid_request("invalid_value", format!("ladder.max_cost_usd must be a positive number, got {c}")).with_param("ladder.max_cost_usd"));
+        return Err(
+            ApiError::invalid_request("invalid_value", format!("ladder.max_cost_usd must be a positive number, got {c}"))
+                .with_param("ladder.max_cost_usd"),
+        );
     }
     if let Some(q) = hints.min_quality
         && !(q > 0.0 && q < 1.0)
     {
-        return Err(ApiError::invalid_request("invalid_value", format!("ladder.min_quality must be strictly between 0 and 1, got {q}")).with_param("ladder.min_quality"));
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!("ladder.min_quality must be strictly between 0 and 1, got {q}"),
+        )
+        .with_param("ladder.min_quality"));
     }
     if let Some(models) = &hints.models {
         if models.is_empty() {
@@ -130,7 +160,11 @@ pub fn parse(state: &SharedState, headers: &HeaderMap, bytes: &[u8]) -> Result<P
         }
         for m in models {
             if state.config.model(m).is_none() {
-                return Err(ApiError::invalid_request("model_not_found", format!("ladder.models names '{m}', which is not in the catalogue")).with_param("ladder.models"));
+                return Err(ApiError::invalid_request(
+                    "model_not_found",
+                    format!("ladder.models names '{m}', which is not in the catalogue"),
+                )
+                .with_param("ladder.models"));
             }
         }
     }
@@ -151,15 +185,26 @@ pub fn parse(state: &SharedState, headers: &HeaderMap, bytes: &[u8]) -> Result<P
 
 fn route_error(e: RouteError) -> ApiError {
     match &e {
-        RouteError::UnknownModel(_) => ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", e.to_string()).with_param("model"),
-        RouteError::NoCandidate { context_exceeded: true, .. } => ApiError::invalid_request("context_length_exceeded", e.to_string()).with_param("messages"),
+        RouteError::UnknownModel(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", e.to_string()).with_param("model")
+        }
+        RouteError::NoCandidate {
+            context_exceeded: true, ..
+        } => ApiError::invalid_request("context_length_exceeded", e.to_string()).with_param("messages"),
         RouteError::NoCandidate { .. } => ApiError::invalid_request("no_eligible_model", e.to_string()),
     }
 }
 
 /// Score and decide (no upstream call).
 async fn score_and_decide(state: &SharedState, parsed: &Parsed) -> (Scores, Option<Vec<f32>>, Result<Decision, RouteError>) {
-    let (scores, embedding) = state.scorer.score(&parsed.req.routing_text(), parsed.route.task_hint, state.config.routing.default_task).await;
+    let (scores, embedding) = state
+        .scorer
+        .score(
+            &parsed.req.routing_text(),
+            parsed.route.task_hint,
+            state.config.routing.default_task,
+        )
+        .await;
     let decision = router::decide(&state.config, &parsed.route, &scores);
     (scores, embedding, decision)
 }
@@ -196,7 +241,11 @@ impl RecordGuard {
             prompt_sha256: sha,
             ..Default::default()
         };
-        RecordGuard { record: Some(record), store: state.store.clone(), t0 }
+        RecordGuard {
+            record: Some(record),
+            store: state.store.clone(),
+            t0,
+        }
     }
 
     fn id(&self) -> String {
@@ -240,17 +289,26 @@ impl Drop for RecordGuard {
         if let Some(mut r) = self.record.take() {
             let outcome = r.outcome.clone();
             let status = r.http_status;
-            finalize(&mut r, &outcome, status, Some("the client closed the connection before the response".into()), self.t0);
+            finalize(
+                &mut r,
+                &outcome,
+                status,
+                Some("the client closed the connection before the response".into()),
+                self.t0,
+            );
             self.store.append_detached(r);
         }
     }
 }
 
-/// `success` when the first attempted rung answered, `escalated` when a later one did.
+/// `success` when the first attempted rung answered, `escalated` when a later one did. The
+/// answering attempt is the last one; retries on that same model (after a 429, say) are still a
+/// success, a rung tried or skipped before it makes the request escalated.
 fn success_outcome(record: &DecisionRecord, failed_check: Option<&str>) -> &'static str {
+    let answered = record.attempts.last().map(|a| a.model.as_str());
     if failed_check.is_some() {
         "degraded"
-    } else if record.attempts.iter().any(|a| a.status != "ok") {
+    } else if record.attempts.iter().any(|a| Some(a.model.as_str()) != answered) {
         "escalated"
     } else {
         "success"
@@ -323,7 +381,14 @@ pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderM
                     return error_response(err, &id, n);
                 }
             };
-            guard.finish(outcome, 200, done.failed_check.map(|k| format!("every rung failed its checks; last failure: {k}"))).await;
+            guard
+                .finish(
+                    outcome,
+                    200,
+                    done.failed_check
+                        .map(|k| format!("every rung failed its checks; last failure: {k}")),
+                )
+                .await;
             let mut resp = (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
             ladder_headers(resp.headers_mut(), &id, Some(&done.model), n);
             resp
@@ -381,7 +446,12 @@ async fn pump(
     include_usage: bool,
     idle: Duration,
 ) {
-    let StartedStream { model, head, mut rest, attempt_index } = started;
+    let StartedStream {
+        model,
+        head,
+        mut rest,
+        attempt_index,
+    } = started;
     let mut usage: Option<Usage> = None;
     let mut output_chars = 0usize;
     let send = |chunk: &mut ChatChunk, usage: &mut Option<Usage>, output_chars: &mut usize| -> Option<Bytes> {
@@ -433,13 +503,15 @@ async fn pump(
     drop(rest);
     let usage = usage.unwrap_or_else(|| Usage::new(guard.rec().prompt_tokens_estimate, output_chars.div_ceil(4) as u64));
     let cost = state.executor.cost(&model, &usage);
+    let guard_elapsed_ms = guard.t0.elapsed().as_millis() as u64;
     {
         let r = guard.rec();
         if let Some(a) = r.attempts.get_mut(attempt_index) {
             a.prompt_tokens = usage.prompt_tokens;
             a.completion_tokens = usage.completion_tokens;
             a.cost_usd = cost;
-            a.latency_ms = (r.latency_ms).max(a.latency_ms);
+            // The attempt lasted until its stream ended, not just until the first output.
+            a.latency_ms = (guard_elapsed_ms.saturating_sub(a.started_ms)).max(a.latency_ms);
             if let Some(f) = &failure {
                 a.status = "error".into();
                 a.error_kind = Some("stream_error".into());
@@ -448,7 +520,9 @@ async fn pump(
         }
     }
     if client_gone {
-        guard.finish("client_disconnected", 499, Some("the client closed the stream".into())).await;
+        guard
+            .finish("client_disconnected", 499, Some("the client closed the stream".into()))
+            .await;
         return;
     }
     match failure {
@@ -458,7 +532,12 @@ async fn pump(
             let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
         }
         Some(msg) => {
-            let err = ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "stream_interrupted", format!("the upstream stream from '{model}' failed after output started: {msg}"));
+            let err = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "stream_interrupted",
+                format!("the upstream stream from '{model}' failed after output started: {msg}"),
+            );
             guard.finish("stream_failed", 200, Some(err.message.clone())).await;
             if let Ok(body) = serde_json::to_vec(&err.body()) {
                 let _ = tx.send(Ok(sse(&body))).await;
@@ -486,8 +565,11 @@ pub async fn route_only(State(state): State<SharedState>, headers: HeaderMap, bo
 
 /// The JSON view of a decision (shared with `ladder route`).
 pub fn route_json(scores: &Scores, d: &Decision) -> serde_json::Value {
-    let probs: serde_json::Map<String, serde_json::Value> =
-        Task::ALL.iter().zip(&scores.task_probs).map(|(t, p)| (t.to_string(), json!((p * 1e4).round() / 1e4))).collect();
+    let probs: serde_json::Map<String, serde_json::Value> = Task::ALL
+        .iter()
+        .zip(&scores.task_probs)
+        .map(|(t, p)| (t.to_string(), json!((p * 1e4).round() / 1e4)))
+        .collect();
     json!({
         "model": d.chain.first(),
         "chain": d.chain,

@@ -24,7 +24,15 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-const OUTCOMES: &[&str] = &["success", "escalated", "degraded", "failed", "rejected", "stream_failed", "client_disconnected"];
+const OUTCOMES: &[&str] = &[
+    "success",
+    "escalated",
+    "degraded",
+    "failed",
+    "rejected",
+    "stream_failed",
+    "client_disconnected",
+];
 
 /// Parse a time given as RFC 3339 or unix seconds into unix milliseconds.
 pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
@@ -35,7 +43,13 @@ pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     }
     time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| ApiError::invalid_request("invalid_value", format!("'{field}' must be RFC 3339 (2026-11-25T10:00:00Z) or unix seconds, got '{v}'")).with_param(field))
+        .map_err(|_| {
+            ApiError::invalid_request(
+                "invalid_value",
+                format!("'{field}' must be RFC 3339 (2026-11-25T10:00:00Z) or unix seconds, got '{v}'"),
+            )
+            .with_param(field)
+        })
 }
 
 pub async fn list(State(state): State<SharedState>, Query(p): Query<ListParams>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -43,20 +57,32 @@ pub async fn list(State(state): State<SharedState>, Query(p): Query<ListParams>)
         None => 50,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=500).contains(&n) => n,
-            _ => return Err(ApiError::invalid_request("invalid_value", format!("'limit' must be an integer between 1 and 500, got '{s}'")).with_param("limit")),
+            _ => {
+                return Err(
+                    ApiError::invalid_request("invalid_value", format!("'limit' must be an integer between 1 and 500, got '{s}'"))
+                        .with_param("limit"),
+                );
+            }
         },
     };
     let cursor = match p.cursor.as_deref() {
         None => None,
-        Some(s) => Some(s.parse::<i64>().map_err(|_| ApiError::invalid_request("invalid_value", format!("'cursor' '{s}' is not a cursor returned by this API")).with_param("cursor"))?),
+        Some(s) => Some(s.parse::<i64>().map_err(|_| {
+            ApiError::invalid_request("invalid_value", format!("'cursor' '{s}' is not a cursor returned by this API")).with_param("cursor")
+        })?),
     };
     if let Some(t) = &p.task {
-        t.parse::<Task>().map_err(|e| ApiError::invalid_request("invalid_task", e.to_string()).with_param("task"))?;
+        t.parse::<Task>()
+            .map_err(|e| ApiError::invalid_request("invalid_task", e.to_string()).with_param("task"))?;
     }
     if let Some(o) = &p.outcome
         && !OUTCOMES.contains(&o.as_str())
     {
-        return Err(ApiError::invalid_request("invalid_value", format!("'outcome' must be one of {}, got '{o}'", OUTCOMES.join(", "))).with_param("outcome"));
+        return Err(ApiError::invalid_request(
+            "invalid_value",
+            format!("'outcome' must be one of {}, got '{o}'", OUTCOMES.join(", ")),
+        )
+        .with_param("outcome"));
     }
     let q = DecisionQuery {
         since_ms: p.since.as_deref().map(|v| parse_time("since", v)).transpose()?,
@@ -67,7 +93,11 @@ pub async fn list(State(state): State<SharedState>, Query(p): Query<ListParams>)
         limit,
         cursor,
     };
-    let page = state.store.list(q).await.map_err(|e| ApiError::internal(format!("reading the decision log: {e}")))?;
+    let page = state
+        .store
+        .list(q)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the decision log: {e}")))?;
     Ok(Json(json!({
         "object": "list",
         "data": page.records,

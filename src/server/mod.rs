@@ -42,7 +42,12 @@ impl AppState {
         let executor = Executor::from_config(config.clone())?;
         let store = Store::open(&config.store.path, config.store.max_batch)?;
         let scorer = Scorer::from_config(&config.classifier, config.routing.min_task_confidence)?;
-        Ok(AppState { config, executor, store, scorer })
+        Ok(AppState {
+            config,
+            executor,
+            store,
+            scorer,
+        })
     }
 }
 

@@ -67,7 +67,10 @@ impl DataPaths {
     }
 
     pub fn outcome_files(&self) -> Vec<PathBuf> {
-        vec![self.shared.join("routellm-outcomes/mmlu.jsonl"), self.shared.join("routellm-outcomes/gsm8k.jsonl")]
+        vec![
+            self.shared.join("routellm-outcomes/mmlu.jsonl"),
+            self.shared.join("routellm-outcomes/gsm8k.jsonl"),
+        ]
     }
 }
 
@@ -114,7 +117,11 @@ fn load_handwritten(dir: &Path) -> anyhow::Result<Vec<Labelled>> {
     for f in files {
         for line in read_jsonl::<HandwrittenLine>(&f)? {
             let task: Task = line.task.parse().with_context(|| format!("in {}", f.display()))?;
-            out.push(Labelled { prompt: line.prompt, task, source: format!("handwritten/{}", task) });
+            out.push(Labelled {
+                prompt: line.prompt,
+                task,
+                source: format!("handwritten/{}", task),
+            });
         }
     }
     Ok(out)
@@ -150,18 +157,49 @@ pub fn load_task_data(paths: &DataPaths, per_source: usize) -> anyhow::Result<Ta
             return Ok(());
         }
         let items: Vec<PromptOnly> = read_jsonl(&path)?;
-        let items: Vec<PromptOnly> = items.into_iter().filter(|i| !only_train_split || !is_validation(&i.prompt)).collect();
+        let items: Vec<PromptOnly> = items
+            .into_iter()
+            .filter(|i| !only_train_split || !is_validation(&i.prompt))
+            .collect();
         for i in sample(&items, n, |i| i.prompt.as_str()) {
-            train.push(Labelled { prompt: i.prompt, task, source: source.into() });
+            train.push(Labelled {
+                prompt: i.prompt,
+                task,
+                source: source.into(),
+            });
         }
         files.push(path);
         Ok(())
     };
     let shared = &paths.shared;
-    add(shared.join("routellm-outcomes/gsm8k_train_questions.jsonl"), Task::Math, "gsm8k_train", per_source, false)?;
-    add(shared.join("routellm-outcomes/mmlu.jsonl"), Task::KnowledgeQa, "mmlu", per_source, true)?;
+    add(
+        shared.join("routellm-outcomes/gsm8k_train_questions.jsonl"),
+        Task::Math,
+        "gsm8k_train",
+        per_source,
+        false,
+    )?;
+    add(
+        shared.join("routellm-outcomes/mmlu.jsonl"),
+        Task::KnowledgeQa,
+        "mmlu",
+        per_source,
+        true,
+    )?;
     add(shared.join("routerbench-zs/mbpp.jsonl"), Task::Code, "mbpp", per_source / 2, false)?;
-    add(shared.join("routerbench-zs/winograde.jsonl"), Task::Reasoning, "winogrande", per_source / 3, false)?;
-    add(paths.training.join("cache/HumanEval.jsonl"), Task::Code, "humaneval", per_source, false)?;
+    add(
+        shared.join("routerbench-zs/winograde.jsonl"),
+        Task::Reasoning,
+        "winogrande",
+        per_source / 3,
+        false,
+    )?;
+    add(
+        paths.training.join("cache/HumanEval.jsonl"),
+        Task::Code,
+        "humaneval",
+        per_source,
+        false,
+    )?;
     Ok(TaskData { train, test, files })
 }

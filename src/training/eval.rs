@@ -42,11 +42,19 @@ fn curve(p_weak: &[f64], weak: &[bool], strong: &[bool]) -> Vec<CurvePoint> {
     let mut correct = weak.iter().filter(|b| **b).count() as f64;
     let mut points = Vec::with_capacity(n + 1);
     let pgr = |q: f64| if gap.abs() < 1e-12 { 1.0 } else { (q - qw) / gap };
-    points.push(CurvePoint { strong_share: 0.0, quality: qw, pgr: pgr(qw) });
+    points.push(CurvePoint {
+        strong_share: 0.0,
+        quality: qw,
+        pgr: pgr(qw),
+    });
     for (k, &i) in order.iter().enumerate() {
         correct += strong[i] as u8 as f64 - weak[i] as u8 as f64;
         let q = correct / n as f64;
-        points.push(CurvePoint { strong_share: (k + 1) as f64 / n as f64, quality: q, pgr: pgr(q) });
+        points.push(CurvePoint {
+            strong_share: (k + 1) as f64 / n as f64,
+            quality: q,
+            pgr: pgr(q),
+        });
     }
     points
 }
@@ -65,7 +73,12 @@ pub fn router_metrics(p_weak: &[f64], weak: &[bool], strong: &[bool]) -> RouterM
     let cpt = |x: f64| points.iter().find(|p| p.pgr >= x).map(|p| p.strong_share).unwrap_or(1.0);
     // Keep ~101 points for reports.
     let step = (n / 100).max(1);
-    let sampled: Vec<CurvePoint> = points.iter().enumerate().filter(|(i, _)| i % step == 0 || *i == n).map(|(_, p)| p.clone()).collect();
+    let sampled: Vec<CurvePoint> = points
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i == n)
+        .map(|(_, p)| p.clone())
+        .collect();
     RouterMetrics {
         n,
         weak_accuracy: points[0].quality,
@@ -113,10 +126,22 @@ pub fn task_metrics(truth: &[Task], predicted: &[Task]) -> TaskMetrics {
         .iter()
         .map(|t| {
             let row: usize = confusion[t.index()].iter().sum();
-            (t.to_string(), if row == 0 { f64::NAN } else { confusion[t.index()][t.index()] as f64 / row as f64 })
+            (
+                t.to_string(),
+                if row == 0 {
+                    f64::NAN
+                } else {
+                    confusion[t.index()][t.index()] as f64 / row as f64
+                },
+            )
         })
         .collect();
-    TaskMetrics { n: truth.len(), accuracy: correct as f64 / truth.len().max(1) as f64, per_task_recall, confusion }
+    TaskMetrics {
+        n: truth.len(),
+        accuracy: correct as f64 / truth.len().max(1) as f64,
+        per_task_recall,
+        confusion,
+    }
 }
 
 pub fn format_confusion(m: &TaskMetrics) -> String {
@@ -141,26 +166,83 @@ pub fn curves_svg(title: &str, series: &[(&str, &RouterMetrics)]) -> String {
     let (w, h, m) = (720.0, 480.0, 60.0);
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
     let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
-    s.push_str(&format!(r#"<rect width="{w}" height="{h}" fill="white"/><text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#, w / 2.0));
+    s.push_str(&format!(
+        r#"<rect width="{w}" height="{h}" fill="white"/><text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#,
+        w / 2.0
+    ));
     let x = |v: f64| m + v * (w - 2.0 * m);
     let y = |v: f64| h - m - v * (h - 2.0 * m);
-    s.push_str(&format!(r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, x(0.0), y(0.0), x(1.0), y(0.0)));
-    s.push_str(&format!(r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, x(0.0), y(0.0), x(0.0), y(1.0)));
+    s.push_str(&format!(
+        r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        x(0.0),
+        y(0.0),
+        x(1.0),
+        y(0.0)
+    ));
+    s.push_str(&format!(
+        r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        x(0.0),
+        y(0.0),
+        x(0.0),
+        y(1.0)
+    ));
     for i in 0..=10 {
         let v = i as f64 / 10.0;
-        s.push_str(&format!(r#"<text x="{}" y="{}" text-anchor="middle">{:.0}%</text>"#, x(v), y(0.0) + 18.0, v * 100.0));
-        s.push_str(&format!(r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#, x(0.0) - 6.0, y(v) + 4.0, v));
-        s.push_str(&format!(r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#eee"/>"##, x(0.0), y(v), x(1.0), y(v)));
+        s.push_str(&format!(
+            r#"<text x="{}" y="{}" text-anchor="middle">{:.0}%</text>"#,
+            x(v),
+            y(0.0) + 18.0,
+            v * 100.0
+        ));
+        s.push_str(&format!(
+            r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#,
+            x(0.0) - 6.0,
+            y(v) + 4.0,
+            v
+        ));
+        s.push_str(&format!(
+            r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#eee"/>"##,
+            x(0.0),
+            y(v),
+            x(1.0),
+            y(v)
+        ));
     }
-    s.push_str(&format!(r#"<text x="{}" y="{}" text-anchor="middle">share of calls to the strong model (cost)</text>"#, w / 2.0, h - 18.0));
-    s.push_str(&format!(r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">PGR (quality gap recovered)</text>"#, h / 2.0, h / 2.0));
+    s.push_str(&format!(
+        r#"<text x="{}" y="{}" text-anchor="middle">share of calls to the strong model (cost)</text>"#,
+        w / 2.0,
+        h - 18.0
+    ));
+    s.push_str(&format!(
+        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">PGR (quality gap recovered)</text>"#,
+        h / 2.0,
+        h / 2.0
+    ));
     for (i, (name, metrics)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
-        let pts: Vec<String> = metrics.curve.iter().map(|p| format!("{:.1},{:.1}", x(p.strong_share), y(p.pgr.clamp(-0.2, 1.2)))).collect();
-        s.push_str(&format!(r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, pts.join(" ")));
-        s.push_str(&format!(r#"<text x="{}" y="{}" fill="{c}">{name}: APGR {:.3}</text>"#, x(0.45), y(0.05) - 16.0 * (series.len() - i) as f64, metrics.apgr));
+        let pts: Vec<String> = metrics
+            .curve
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.strong_share), y(p.pgr.clamp(-0.2, 1.2))))
+            .collect();
+        s.push_str(&format!(
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+            pts.join(" ")
+        ));
+        s.push_str(&format!(
+            r#"<text x="{}" y="{}" fill="{c}">{name}: APGR {:.3}</text>"#,
+            x(0.45),
+            y(0.05) - 16.0 * (series.len() - i) as f64,
+            metrics.apgr
+        ));
     }
-    s.push_str(&format!(r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4"/>"##, x(0.0), y(0.0), x(1.0), y(1.0)));
+    s.push_str(&format!(
+        r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4"/>"##,
+        x(0.0),
+        y(0.0),
+        x(1.0),
+        y(1.0)
+    ));
     s.push_str("</svg>\n");
     s
 }

@@ -20,7 +20,12 @@ struct Adam {
 
 impl Adam {
     fn new(n: usize, lr: f32) -> Self {
-        Adam { m: vec![0.0; n], v: vec![0.0; n], t: 0, lr }
+        Adam {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+            lr,
+        }
     }
 
     /// One step over `params` (flattened) with gradient `grad`.
@@ -38,7 +43,15 @@ impl Adam {
 }
 
 /// Multinomial logistic regression. Returns `(W [k x d], b [k])`.
-pub fn fit_softmax(x: &Array2<f32>, y: &[usize], k: usize, sample_weight: &[f32], l2: f32, epochs: usize, lr: f32) -> (Array2<f32>, Array1<f32>) {
+pub fn fit_softmax(
+    x: &Array2<f32>,
+    y: &[usize],
+    k: usize,
+    sample_weight: &[f32],
+    l2: f32,
+    epochs: usize,
+    lr: f32,
+) -> (Array2<f32>, Array1<f32>) {
     let (n, d) = x.dim();
     let mut w = Array2::<f32>::zeros((k, d));
     let mut b = Array1::<f32>::zeros(k);
@@ -84,7 +97,17 @@ pub struct IrtFit {
 }
 
 /// Fit difficulty head and abilities. `anchors` are rows softly pulled to difficulty 0.
-pub fn fit_irt(x: &Array2<f32>, obs: &[Observation], n_models: usize, n_tasks: usize, anchors: &[usize], anchor_weight: f32, l2: f32, epochs: usize, lr: f32) -> IrtFit {
+pub fn fit_irt(
+    x: &Array2<f32>,
+    obs: &[Observation],
+    n_models: usize,
+    n_tasks: usize,
+    anchors: &[usize],
+    anchor_weight: f32,
+    l2: f32,
+    epochs: usize,
+    lr: f32,
+) -> IrtFit {
     let (n, d) = x.dim();
     let mut w = Array1::<f32>::zeros(d);
     let mut b = 0f32;
@@ -120,7 +143,17 @@ pub fn fit_irt(x: &Array2<f32>, obs: &[Observation], n_models: usize, n_tasks: u
         adam_a.step(a.iter_mut(), g_a.into_iter());
     }
     let abilities = (0..n_models)
-        .map(|m| (0..n_tasks).map(|t| if seen[m * n_tasks + t] { a[m * n_tasks + t] as f64 } else { f64::NAN }).collect())
+        .map(|m| {
+            (0..n_tasks)
+                .map(|t| {
+                    if seen[m * n_tasks + t] {
+                        a[m * n_tasks + t] as f64
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
+        })
         .collect();
     IrtFit { w, b, abilities }
 }
@@ -139,7 +172,10 @@ pub fn spherical_kmeans(x: &Array2<f32>, k: usize, iters: usize) -> Array2<f32> 
         let mut counts = vec![0usize; k];
         for i in 0..n {
             let row = sims.row(i);
-            let (best, _) = row.iter().enumerate().fold((0, f32::MIN), |acc, (j, s)| if *s > acc.1 { (j, *s) } else { acc });
+            let (best, _) = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |acc, (j, s)| if *s > acc.1 { (j, *s) } else { acc });
             let mut s = sums.row_mut(best);
             s += &x.row(i);
             counts[best] += 1;
@@ -181,8 +217,18 @@ mod tests {
         for i in 0..40 {
             let hard = i % 2 == 0;
             rows.extend_from_slice(&[if hard { 1.0 } else { 0.0 }, 1.0]);
-            obs.push(Observation { item: i, model: 0, task: 0, correct: !hard });
-            obs.push(Observation { item: i, model: 1, task: 0, correct: true });
+            obs.push(Observation {
+                item: i,
+                model: 0,
+                task: 0,
+                correct: !hard,
+            });
+            obs.push(Observation {
+                item: i,
+                model: 1,
+                task: 0,
+                correct: true,
+            });
         }
         let x = Array2::from_shape_vec((40, 2), rows).unwrap();
         let fit = fit_irt(&x, &obs, 2, 1, &[], 0.0, 1e-4, 800, 0.05);

@@ -10,7 +10,7 @@ pub mod data;
 pub mod eval;
 pub mod fit;
 
-use crate::classifier::encoder::{EMBEDDING_DIM, Encoder};
+use crate::classifier::encoder::{Encoder, FEATURE_DIM};
 use crate::classifier::heads::{Heads, HeadsStore, Manifest};
 use crate::router::{logit, sigmoid};
 use crate::task::Task;
@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Version tag of the text -> tokens rule; part of the embedding cache key.
-const EMBED_RULE: &str = "prompt-head-tail-v1";
+const EMBED_RULE: &str = "features-head-tail-focus16-v2";
 
 /// On-disk cache of embeddings keyed by sha256(rule, max_tokens, text).
 pub struct EmbeddingCache {
@@ -34,21 +34,33 @@ pub struct EmbeddingCache {
 }
 
 impl EmbeddingCache {
+    /// The cache file for the current feature rule inside `dir`.
+    pub fn in_dir(dir: &Path) -> EmbeddingCache {
+        Self::open(dir.join(format!("embeddings-{EMBED_RULE}-{FEATURE_DIM}.bin")))
+    }
+
     pub fn open(path: PathBuf) -> EmbeddingCache {
         let mut map = HashMap::new();
         if let Ok(mut f) = std::fs::File::open(&path) {
             let mut buf = Vec::new();
             if f.read_to_end(&mut buf).is_ok() {
-                let rec = 16 + 4 * EMBEDDING_DIM;
+                let rec = 16 + 4 * FEATURE_DIM;
                 for chunk in buf.chunks_exact(rec) {
                     let mut key = [0u8; 16];
                     key.copy_from_slice(&chunk[..16]);
-                    let v = chunk[16..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    let v = chunk[16..]
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
                     map.insert(key, v);
                 }
             }
         }
-        EmbeddingCache { path, map, pending: Vec::new() }
+        EmbeddingCache {
+            path,
+            map,
+            pending: Vec::new(),
+        }
     }
 
     fn key(text: &str, max_tokens: usize) -> [u8; 16] {
@@ -70,7 +82,7 @@ impl EmbeddingCache {
             std::fs::create_dir_all(dir)?;
         }
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
-        let mut buf = Vec::with_capacity(self.pending.len() * (16 + 4 * EMBEDDING_DIM));
+        let mut buf = Vec::with_capacity(self.pending.len() * (16 + 4 * FEATURE_DIM));
         for (k, v) in self.pending.drain(..) {
             buf.extend_from_slice(&k);
             for x in v {
@@ -83,19 +95,28 @@ impl EmbeddingCache {
 }
 
 /// Embed texts as the server would (routing truncation rule), with the cache and a progress bar.
-pub fn embed_all(encoder: &Encoder, texts: &[&str], cache: &mut EmbeddingCache, max_tokens: usize, label: &str) -> anyhow::Result<Array2<f32>> {
+pub fn embed_all(
+    encoder: &Encoder,
+    texts: &[&str],
+    cache: &mut EmbeddingCache,
+    max_tokens: usize,
+    label: &str,
+) -> anyhow::Result<Array2<f32>> {
     let keys: Vec<[u8; 16]> = texts.iter().map(|t| EmbeddingCache::key(t, max_tokens)).collect();
     let mut todo: Vec<usize> = (0..texts.len()).filter(|i| !cache.map.contains_key(&keys[*i])).collect();
     let mut fresh: HashMap<usize, Vec<f32>> = HashMap::new();
     if !todo.is_empty() {
-        let tokenized: Vec<_> = todo.iter().map(|i| encoder.tokenize_prompt("", texts[*i])).collect::<anyhow::Result<_>>()?;
+        let tokenized: Vec<_> = todo
+            .iter()
+            .map(|i| encoder.tokenize_prompt("", texts[*i]))
+            .collect::<anyhow::Result<_>>()?;
         let mut order: Vec<usize> = (0..todo.len()).collect();
         order.sort_by_key(|j| tokenized[*j].ids.len());
         let started = std::time::Instant::now();
         let total = order.len();
         for (bi, batch) in order.chunks(32).enumerate() {
-            let ids: Vec<&[u32]> = batch.iter().map(|j| tokenized[*j].ids.as_slice()).collect();
-            let embs = encoder.embed(&ids)?;
+            let toks: Vec<&crate::classifier::encoder::Tokenized> = batch.iter().map(|j| &tokenized[*j]).collect();
+            let embs = encoder.features(&toks)?;
             for (j, e) in batch.iter().zip(embs) {
                 fresh.insert(todo[*j], e);
             }
@@ -110,7 +131,7 @@ pub fn embed_all(encoder: &Encoder, texts: &[&str], cache: &mut EmbeddingCache, 
         cache.save()?;
         todo.clear();
     }
-    let mut out = Array2::<f32>::zeros((texts.len(), EMBEDDING_DIM));
+    let mut out = Array2::<f32>::zeros((texts.len(), FEATURE_DIM));
     for (i, k) in keys.iter().enumerate() {
         let v = cache.map.get(k).context("embedding missing from cache")?;
         out.row_mut(i).assign(&ndarray::ArrayView1::from(v.as_slice()));
@@ -124,7 +145,11 @@ pub fn progress(label: &str, done: usize, total: usize, secs: f64) {
     let filled = (done * width) / total.max(1);
     let rate = done as f64 / secs.max(1e-9);
     let eta = (total - done) as f64 / rate.max(1e-9);
-    eprint!("\r{label:<24} [{}{}] {done}/{total} {rate:.0}/s eta {eta:.0}s   ", "#".repeat(filled), "-".repeat(width - filled));
+    eprint!(
+        "\r{label:<24} [{}{}] {done}/{total} {rate:.0}/s eta {eta:.0}s   ",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    );
 }
 
 pub struct TrainOptions {
@@ -165,10 +190,13 @@ fn load_outcome_set(opts: &TrainOptions, encoder: &Encoder, cache: &mut Embeddin
 /// Train new heads; returns them (already saved unless `dry_run`).
 pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
     if !opts.data.shared_available() {
-        bail!("training needs the outcome data at {} (../shared/data); it is not there", opts.data.shared.display());
+        bail!(
+            "training needs the outcome data at {} (../shared/data); it is not there",
+            opts.data.shared.display()
+        );
     }
     let encoder = Encoder::load(&opts.model_dir, opts.max_tokens)?;
-    let mut cache = EmbeddingCache::open(opts.data.training.join("cache/embeddings.bin"));
+    let mut cache = EmbeddingCache::in_dir(&opts.data.training.join("cache"));
 
     // Task head.
     let tasks = data::load_task_data(&opts.data, opts.per_source)?;
@@ -181,7 +209,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
     }
     let weights: Vec<f32> = y.iter().map(|c| 1.0 / counts[*c].max(1) as f32).collect();
     eprintln!("fitting the task head on {} prompts", y.len());
-    let (task_w, task_b) = fit::fit_softmax(&xt, &y, Task::COUNT, &weights, 1e-4, 500, 0.05);
+    let (task_w, task_b) = fit::fit_softmax(&xt, &y, Task::COUNT, &weights, 1e-5, 1500, 0.05);
 
     // Difficulty head + abilities.
     let (outcomes, outcome_files) = load_outcome_set(opts, &encoder, &mut cache)?;
@@ -195,11 +223,23 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
         v.dedup();
         v
     };
-    let anchors: Vec<&Labelled> = tasks.train.iter().filter(|l| l.source.starts_with("handwritten") && !with_outcomes.contains(&l.task)).collect();
+    let anchors: Vec<&Labelled> = tasks
+        .train
+        .iter()
+        .filter(|l| l.source.starts_with("handwritten") && !with_outcomes.contains(&l.task))
+        .collect();
     let n_out = outcomes.train.len();
-    let mut x_all = Array2::<f32>::zeros((n_out + anchors.len(), EMBEDDING_DIM));
-    x_all.slice_mut(ndarray::s![..n_out, ..]).assign(&rows(&outcomes.x, &outcomes.train));
-    let anchor_idx: Vec<usize> = tasks.train.iter().enumerate().filter(|(_, l)| l.source.starts_with("handwritten") && !with_outcomes.contains(&l.task)).map(|(i, _)| i).collect();
+    let mut x_all = Array2::<f32>::zeros((n_out + anchors.len(), FEATURE_DIM));
+    x_all
+        .slice_mut(ndarray::s![..n_out, ..])
+        .assign(&rows(&outcomes.x, &outcomes.train));
+    let anchor_idx: Vec<usize> = tasks
+        .train
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.source.starts_with("handwritten") && !with_outcomes.contains(&l.task))
+        .map(|(i, _)| i)
+        .collect();
     x_all.slice_mut(ndarray::s![n_out.., ..]).assign(&rows(&xt, &anchor_idx));
     let mut obs = Vec::new();
     for (row, &i) in outcomes.train.iter().enumerate() {
@@ -207,11 +247,21 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
         let task = item.source_task().unwrap_or(Task::KnowledgeQa).index();
         for (m, correct) in &item.outcomes {
             let model = model_names.iter().position(|n| n == m).unwrap_or(0);
-            obs.push(fit::Observation { item: row, model, task, correct: *correct });
+            obs.push(fit::Observation {
+                item: row,
+                model,
+                task,
+                correct: *correct,
+            });
         }
     }
     let anchor_rows: Vec<usize> = (n_out..n_out + anchors.len()).collect();
-    eprintln!("fitting the difficulty head on {} outcomes of {} prompts ({} anchors)", obs.len(), n_out, anchors.len());
+    eprintln!(
+        "fitting the difficulty head on {} outcomes of {} prompts ({} anchors)",
+        obs.len(),
+        n_out,
+        anchors.len()
+    );
     let irt = fit::fit_irt(&x_all, &obs, model_names.len(), Task::COUNT, &anchor_rows, 0.2, 1e-3, 1500, 0.01);
 
     // Per-task offsets so that difficulty 0 = typical prompt of the task.
@@ -219,11 +269,26 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
     let mut offsets = BTreeMap::new();
     for t in Task::ALL {
         let vals: Vec<f32> = if with_outcomes.contains(t) {
-            outcomes.train.iter().enumerate().filter(|(_, i)| outcomes.items[**i].source_task() == Some(*t)).map(|(r, _)| raw[r]).collect()
+            outcomes
+                .train
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| outcomes.items[**i].source_task() == Some(*t))
+                .map(|(r, _)| raw[r])
+                .collect()
         } else {
-            anchors.iter().enumerate().filter(|(_, l)| l.task == *t).map(|(k, _)| raw[n_out + k]).collect()
+            anchors
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.task == *t)
+                .map(|(k, _)| raw[n_out + k])
+                .collect()
         };
-        let mean = if vals.is_empty() { 0.0 } else { vals.iter().sum::<f32>() as f64 / vals.len() as f64 };
+        let mean = if vals.is_empty() {
+            0.0
+        } else {
+            vals.iter().sum::<f32>() as f64 / vals.len() as f64
+        };
         offsets.insert(t.to_string(), mean);
     }
     let mut abilities = BTreeMap::new();
@@ -240,11 +305,19 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
 
     // Out-of-distribution centroids: threshold from held-out distances.
     let pool_idx: Vec<usize> = (0..outcomes.train.len()).step_by(4).collect();
-    let pool = ndarray::concatenate(ndarray::Axis(0), &[xt.view(), rows(&x_all, &pool_idx).view()])?;
+    let mut pool = ndarray::concatenate(ndarray::Axis(0), &[xt.view(), rows(&x_all, &pool_idx).view()])?;
+    for mut r in pool.rows_mut() {
+        let norm = r.dot(&r).sqrt().max(1e-12);
+        r.mapv_inplace(|v| v / norm);
+    }
     let (fit_rows, held_rows): (Vec<usize>, Vec<usize>) = (0..pool.nrows()).partition(|i| i % 5 != 0);
     let c_fit = fit::spherical_kmeans(&rows(&pool, &fit_rows), 32, 25);
     let held = rows(&pool, &held_rows).dot(&c_fit.t());
-    let mut dists: Vec<f32> = held.rows().into_iter().map(|r| 1.0 - r.iter().cloned().fold(f32::MIN, f32::max)).collect();
+    let mut dists: Vec<f32> = held
+        .rows()
+        .into_iter()
+        .map(|r| 1.0 - r.iter().cloned().fold(f32::MIN, f32::max))
+        .collect();
     dists.sort_by(|a, b| a.total_cmp(b));
     let ood_threshold = dists[((dists.len() as f64 * 0.98) as usize).min(dists.len() - 1)];
     let centroids = fit::spherical_kmeans(&pool, 32, 25);
@@ -278,8 +351,8 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
         manifest: Manifest {
             version,
             created_at: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            embedding_model: "sentence-transformers/all-MiniLM-L6-v2".into(),
-            embedding_dim: EMBEDDING_DIM,
+            embedding_model: "sentence-transformers/all-MiniLM-L6-v2 (sentence + focus16 features)".into(),
+            embedding_dim: FEATURE_DIM,
             taxonomy: Task::ALL.iter().map(|t| t.to_string()).collect(),
             ood_threshold,
             abilities,
@@ -341,12 +414,23 @@ pub struct EvalReport {
 impl EvalReport {
     pub fn to_json(&self) -> serde_json::Value {
         let short = |m: &eval::RouterMetrics| json!({"n": m.n, "apgr": m.apgr, "cpt50": m.cpt50, "cpt80": m.cpt80, "ece": m.ece, "weak_accuracy": m.weak_accuracy, "strong_accuracy": m.strong_accuracy});
+        let ranking = |m: &eval::RouterMetrics| json!({"n": m.n, "apgr": m.apgr, "cpt50": m.cpt50, "cpt80": m.cpt80});
         let mut v = match &self.pooled {
             Some(p) => short(p),
             None => json!({}),
         };
-        v["per_set"] = self.routers.iter().map(|(n, m)| (n.clone(), short(m))).collect::<serde_json::Map<_, _>>().into();
-        v["baselines"] = self.baselines.iter().map(|(n, m)| (n.clone(), short(m))).collect::<serde_json::Map<_, _>>().into();
+        v["per_set"] = self
+            .routers
+            .iter()
+            .map(|(n, m)| (n.clone(), short(m)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        v["baselines"] = self
+            .baselines
+            .iter()
+            .map(|(n, m)| (n.clone(), ranking(m)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         if let Some(t) = &self.task {
             v["task_accuracy"] = json!(t.accuracy);
             v["task_test_n"] = json!(t.n);
@@ -357,14 +441,26 @@ impl EvalReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         if let Some(t) = &self.task {
-            s.push_str(&format!("task type on the hand-written test set: accuracy {:.3} (n={})\n", t.accuracy, t.n));
+            s.push_str(&format!(
+                "task type on the hand-written test set: accuracy {:.3} (n={})\n",
+                t.accuracy, t.n
+            ));
             s.push_str(&eval::format_confusion(t));
             s.push('\n');
         }
-        s.push_str(&format!("{:<28} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n", "router metrics", "n", "weak", "strong", "APGR", "CPT50", "CPT80", "ECE"));
-        for (name, m) in self.routers.iter().chain(&self.baselines) {
+        s.push_str(&format!(
+            "{:<28} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
+            "router metrics", "n", "weak", "strong", "APGR", "CPT50", "CPT80", "ECE"
+        ));
+        let rows = self
+            .routers
+            .iter()
+            .map(|r| (r, true))
+            .chain(self.baselines.iter().map(|r| (r, false)));
+        for ((name, m), calibrated) in rows {
+            let ece = if calibrated { format!("{:.3}", m.ece) } else { "-".into() };
             s.push_str(&format!(
-                "{:<28} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>6.1}% {:>6.1}% {:>7.3}\n",
+                "{:<28} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>6.1}% {:>6.1}% {:>7}\n",
                 name,
                 m.n,
                 m.weak_accuracy,
@@ -372,7 +468,7 @@ impl EvalReport {
                 m.apgr,
                 m.cpt50 * 100.0,
                 m.cpt80 * 100.0,
-                m.ece
+                ece
             ));
         }
         s
@@ -389,7 +485,11 @@ pub fn p_weak(heads: &Heads, x: &Array2<f32>, items: &[OutcomeItem], weak: &str)
         .zip(&outs)
         .map(|(i, o)| {
             i.source_task().unwrap_or_else(|| {
-                let (k, _) = o.task_probs.iter().enumerate().fold((0, f64::MIN), |b, (k, p)| if *p > b.1 { (k, *p) } else { b });
+                let (k, _) = o
+                    .task_probs
+                    .iter()
+                    .enumerate()
+                    .fold((0, f64::MIN), |b, (k, p)| if *p > b.1 { (k, *p) } else { b });
                 Task::ALL[k]
             })
         })
@@ -400,7 +500,9 @@ pub fn p_weak(heads: &Heads, x: &Array2<f32>, items: &[OutcomeItem], weak: &str)
     outs.iter()
         .zip(&tasks)
         .map(|(o, t)| {
-            let a = known.and_then(|k| k.get(t.as_str()).copied()).unwrap_or_else(|| logit(base_rate) + mean_d);
+            let a = known
+                .and_then(|k| k.get(t.as_str()).copied())
+                .unwrap_or_else(|| logit(base_rate) + mean_d);
             sigmoid(a - o.difficulty)
         })
         .collect()
@@ -425,15 +527,26 @@ pub fn weak_strong(items: &[OutcomeItem], weak: Option<&str>, strong: Option<&st
     let strong = strong.map(str::to_string).unwrap_or_else(|| by_acc[by_acc.len() - 1].0.clone());
     for m in [&weak, &strong] {
         if !acc.contains_key(m) {
-            bail!("model '{m}' does not appear in the outcome data (models: {})", acc.keys().cloned().collect::<Vec<_>>().join(", "));
+            bail!(
+                "model '{m}' does not appear in the outcome data (models: {})",
+                acc.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
     }
     Ok((weak, strong))
 }
 
 /// Router metrics of `heads` on outcome `items` (embedded as `x`), plus the two baselines.
-pub fn outcome_metrics(heads: &Heads, x: &Array2<f32>, items: &[OutcomeItem], weak: &str, strong: &str) -> (eval::RouterMetrics, eval::RouterMetrics, eval::RouterMetrics) {
-    let items_ok: Vec<usize> = (0..items.len()).filter(|i| items[*i].outcomes.contains_key(weak) && items[*i].outcomes.contains_key(strong)).collect();
+pub fn outcome_metrics(
+    heads: &Heads,
+    x: &Array2<f32>,
+    items: &[OutcomeItem],
+    weak: &str,
+    strong: &str,
+) -> (eval::RouterMetrics, eval::RouterMetrics, eval::RouterMetrics) {
+    let items_ok: Vec<usize> = (0..items.len())
+        .filter(|i| items[*i].outcomes.contains_key(weak) && items[*i].outcomes.contains_key(strong))
+        .collect();
     let x = rows(x, &items_ok);
     let items: Vec<OutcomeItem> = items_ok.iter().map(|i| items[*i].clone()).collect();
     let w: Vec<bool> = items.iter().map(|i| i.outcomes[weak]).collect();
@@ -441,17 +554,32 @@ pub fn outcome_metrics(heads: &Heads, x: &Array2<f32>, items: &[OutcomeItem], we
     let p = p_weak(heads, &x, &items, weak);
     let router = eval::router_metrics(&p, &w, &s);
     // Baselines: random order (seeded hash) and "longest prompts go to the strong model".
-    let random: Vec<f64> = items.iter().map(|i| Sha256::digest(i.prompt.as_bytes())[0] as f64 / 255.0).collect();
+    let random: Vec<f64> = items
+        .iter()
+        .map(|i| Sha256::digest(i.prompt.as_bytes())[0] as f64 / 255.0)
+        .collect();
     let length: Vec<f64> = items.iter().map(|i| -(i.prompt.len() as f64)).collect();
     (router, eval::router_metrics(&random, &w, &s), eval::router_metrics(&length, &w, &s))
 }
 
 /// The default evaluation: hand-written task test set + routellm validation splits.
-pub fn evaluate_heads(heads: &Heads, encoder: &Encoder, cache: &mut EmbeddingCache, paths: &DataPaths, max_tokens: usize) -> anyhow::Result<EvalReport> {
+pub fn evaluate_heads(
+    heads: &Heads,
+    encoder: &Encoder,
+    cache: &mut EmbeddingCache,
+    paths: &DataPaths,
+    max_tokens: usize,
+) -> anyhow::Result<EvalReport> {
     let task = {
         let test_dir = paths.training.join("tasks/handwritten/test");
         if test_dir.exists() {
-            let tasks = data::load_task_data(&DataPaths { shared: PathBuf::from("/nonexistent"), training: paths.training.clone() }, 0)?;
+            let tasks = data::load_task_data(
+                &DataPaths {
+                    shared: PathBuf::from("/nonexistent"),
+                    training: paths.training.clone(),
+                },
+                0,
+            )?;
             let texts: Vec<&str> = tasks.test.iter().map(|l| l.prompt.as_str()).collect();
             let x = embed_all(encoder, &texts, cache, max_tokens, "task test prompts")?;
             let predicted: Vec<Task> = x
@@ -459,7 +587,11 @@ pub fn evaluate_heads(heads: &Heads, encoder: &Encoder, cache: &mut EmbeddingCac
                 .into_iter()
                 .map(|r| {
                     let o = heads.predict(r.as_slice().unwrap_or(&[]));
-                    let (k, _) = o.task_probs.iter().enumerate().fold((0, f64::MIN), |b, (k, p)| if *p > b.1 { (k, *p) } else { b });
+                    let (k, _) = o
+                        .task_probs
+                        .iter()
+                        .enumerate()
+                        .fold((0, f64::MIN), |b, (k, p)| if *p > b.1 { (k, *p) } else { b });
                     Task::ALL[k]
                 })
                 .collect();
@@ -477,7 +609,10 @@ pub fn evaluate_heads(heads: &Heads, encoder: &Encoder, cache: &mut EmbeddingCac
         if !f.exists() {
             continue;
         }
-        let items: Vec<OutcomeItem> = data::load_outcomes(&f)?.into_iter().filter(|i| data::is_validation(&i.prompt)).collect();
+        let items: Vec<OutcomeItem> = data::load_outcomes(&f)?
+            .into_iter()
+            .filter(|i| data::is_validation(&i.prompt))
+            .collect();
         let texts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
         let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let x = embed_all(encoder, &texts, cache, max_tokens, &format!("{name} validation"))?;
@@ -499,11 +634,24 @@ pub fn evaluate_heads(heads: &Heads, encoder: &Encoder, cache: &mut EmbeddingCac
         routers.push(("ladder pooled (validation)".into(), r.clone()));
         Some(r)
     };
-    Ok(EvalReport { task, routers, baselines, pooled })
+    Ok(EvalReport {
+        task,
+        routers,
+        baselines,
+        pooled,
+    })
 }
 
 /// Embed an arbitrary outcome file and compute its metrics (for `ladder eval --outcomes`).
-pub fn evaluate_file(heads: &Heads, encoder: &Encoder, cache: &mut EmbeddingCache, file: &Path, weak: Option<&str>, strong: Option<&str>, max_tokens: usize) -> anyhow::Result<EvalReport> {
+pub fn evaluate_file(
+    heads: &Heads,
+    encoder: &Encoder,
+    cache: &mut EmbeddingCache,
+    file: &Path,
+    weak: Option<&str>,
+    strong: Option<&str>,
+    max_tokens: usize,
+) -> anyhow::Result<EvalReport> {
     let items = data::load_outcomes(file)?;
     if items.is_empty() {
         bail!("{} has no outcome items", file.display());
@@ -529,4 +677,3 @@ pub fn load_heads(heads_dir: &Path, version: Option<&str>) -> anyhow::Result<Hea
         None => store.load_current(),
     }
 }
-

@@ -1,0 +1,781 @@
+//! Harness for the gateway integration tests: runs `ladder fake-provider` and `ladder serve` as
+//! real processes on loopback ports and talks to them over HTTP.
+//!
+//! Every [`Gateway`] owns a temp directory (config, scenario, SQLite log, process logs), a fake
+//! provider and a router wired to it, so tests are independent and run in parallel. Processes are
+//! killed on drop; when the test is failing, their logs are printed first.
+
+#![allow(dead_code)]
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to answer `GET /healthz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The upstream model ids (scenario keys) behind the catalogue.
+pub const UP_CHEAP: &str = "fake-cheap";
+pub const UP_MID: &str = "fake-mid";
+pub const UP_TOP: &str = "fake-top";
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One catalogue model of the test config.
+#[derive(Debug, Clone)]
+pub struct ModelOpts {
+    pub name: &'static str,
+    pub provider: &'static str,
+    pub upstream: &'static str,
+    pub input_price: f64,
+    pub output_price: f64,
+    pub context_window: u64,
+    pub capabilities: Vec<&'static str>,
+    pub quality_default: f64,
+    pub quality_math: f64,
+    pub fallbacks: Option<Vec<&'static str>>,
+}
+
+/// Knobs of the router config the tests change.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub models: Vec<ModelOpts>,
+    pub attempt_ms: u64,
+    pub first_byte_ms: u64,
+    pub idle_ms: u64,
+    pub total_ms: u64,
+    pub connect_ms: u64,
+    pub max_per_model: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_retry_after_ms: u64,
+    pub failure_threshold: u32,
+    pub cooldown_ms: u64,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_ms: u64,
+    /// Scenario TOML the fake provider starts with.
+    pub scenario: String,
+}
+
+impl Default for Opts {
+    /// Three rungs: `cheap` (OpenAI kind), `mid` (Anthropic kind), `top` (OpenAI kind), with rising
+    /// quality and price. `cheap` is bad at math, so `auto` with a math hint starts at `mid`.
+    fn default() -> Self {
+        Opts {
+            models: vec![
+                ModelOpts {
+                    name: "cheap",
+                    provider: "fake-openai",
+                    upstream: UP_CHEAP,
+                    input_price: 0.1,
+                    output_price: 0.2,
+                    context_window: 2_000,
+                    capabilities: vec!["json"],
+                    quality_default: 0.75,
+                    quality_math: 0.3,
+                    fallbacks: None,
+                },
+                ModelOpts {
+                    name: "mid",
+                    provider: "fake-anthropic",
+                    upstream: UP_MID,
+                    input_price: 1.0,
+                    output_price: 5.0,
+                    context_window: 8_000,
+                    capabilities: vec!["tools"],
+                    quality_default: 0.85,
+                    quality_math: 0.8,
+                    fallbacks: None,
+                },
+                ModelOpts {
+                    name: "top",
+                    provider: "fake-openai",
+                    upstream: UP_TOP,
+                    input_price: 10.0,
+                    output_price: 30.0,
+                    context_window: 32_000,
+                    capabilities: vec!["json", "tools", "vision"],
+                    quality_default: 0.95,
+                    quality_math: 0.9,
+                    fallbacks: None,
+                },
+            ],
+            attempt_ms: 3_000,
+            first_byte_ms: 3_000,
+            idle_ms: 3_000,
+            total_ms: 10_000,
+            connect_ms: 1_000,
+            max_per_model: 1,
+            backoff_base_ms: 10,
+            backoff_max_ms: 50,
+            max_retry_after_ms: 3_000,
+            failure_threshold: 1_000,
+            cooldown_ms: 60_000,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+            scenario: "seed = 1\n".into(),
+        }
+    }
+}
+
+impl Opts {
+    pub fn model_mut(&mut self, name: &str) -> &mut ModelOpts {
+        self.models
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no model {name} in the test catalogue"))
+    }
+
+    /// The router config (TOML).
+    pub fn render(&self, listen_port: u16, fake_port: u16, dead_port: u16, db: &Path) -> String {
+        let mut s = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{listen_port}"
+max_body_bytes = {max_body}
+shutdown_grace_ms = {grace}
+
+[store]
+path = "{db}"
+
+[classifier]
+enabled = false
+
+[routing]
+threshold = 0.7
+default_task = "chat"
+
+[timeouts]
+attempt_ms = {attempt}
+first_byte_ms = {first_byte}
+idle_ms = {idle}
+total_ms = {total}
+connect_ms = {connect}
+
+[retries]
+max_per_model = {max_per_model}
+backoff_base_ms = {backoff_base}
+backoff_max_ms = {backoff_max}
+max_retry_after_ms = {max_retry_after}
+
+[breaker]
+failure_threshold = {threshold}
+cooldown_ms = {cooldown}
+
+[[providers]]
+name = "fake-openai"
+kind = "openai"
+base_url = "http://127.0.0.1:{fake_port}/v1"
+
+[[providers]]
+name = "fake-anthropic"
+kind = "anthropic"
+base_url = "http://127.0.0.1:{fake_port}/v1"
+
+# Nothing listens here: connection refused.
+[[providers]]
+name = "dead"
+kind = "openai"
+base_url = "http://127.0.0.1:{dead_port}/v1"
+"#,
+            max_body = self.max_body_bytes,
+            grace = self.shutdown_grace_ms,
+            db = db.display(),
+            attempt = self.attempt_ms,
+            first_byte = self.first_byte_ms,
+            idle = self.idle_ms,
+            total = self.total_ms,
+            connect = self.connect_ms,
+            max_per_model = self.max_per_model,
+            backoff_base = self.backoff_base_ms,
+            backoff_max = self.backoff_max_ms,
+            max_retry_after = self.max_retry_after_ms,
+            threshold = self.failure_threshold,
+            cooldown = self.cooldown_ms,
+        );
+        for m in &self.models {
+            let caps: Vec<String> = m.capabilities.iter().map(|c| format!("\"{c}\"")).collect();
+            s.push_str(&format!(
+                r#"
+[[models]]
+name = "{}"
+provider = "{}"
+upstream = "{}"
+input_price = {:?}
+output_price = {:?}
+context_window = {}
+capabilities = [{}]
+quality = {{ default = {:?}, math = {:?} }}
+"#,
+                m.name,
+                m.provider,
+                m.upstream,
+                m.input_price,
+                m.output_price,
+                m.context_window,
+                caps.join(", "),
+                m.quality_default,
+                m.quality_math,
+            ));
+            if let Some(f) = &m.fallbacks {
+                let f: Vec<String> = f.iter().map(|n| format!("\"{n}\"")).collect();
+                s.push_str(&format!("fallbacks = [{}]\n", f.join(", ")));
+            }
+        }
+        s
+    }
+}
+
+/// A child process with its output going to files.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, dir: &Path, args: &[String]) -> Proc {
+        let stdout = dir.join(format!("{name}.stdout.log"));
+        let stderr = dir.join(format!("{name}.stderr.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ladder"))
+            .args(args)
+            .current_dir(dir)
+            .env("LADDER_LOG", "ladder=debug,warn")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("ALL_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("all_proxy")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("create stdout log"))
+            .stderr(File::create(&stderr).expect("create stderr log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name,
+            child,
+            stdout,
+            stderr,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait");
+        }
+        self.exited
+    }
+
+    /// Wait (polling) up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Send SIGTERM (through `kill(1)`).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    pub fn logs(&self) -> String {
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!("----- {} stdout -----\n{out}----- {} stderr -----\n{err}", self.name, self.name)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The HTTP client the tests use (no proxies, bounded time).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+async fn wait_healthy(http: &reqwest::Client, proc_: &mut Proc, url: &str) -> Result<(), String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = proc_.try_exit() {
+            return Err(format!("{} exited during start-up ({status})\n{}", proc_.name, proc_.logs()));
+        }
+        if let Ok(r) = http.get(format!("{url}/healthz")).timeout(Duration::from_secs(2)).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if t0.elapsed() > READY_TIMEOUT {
+            return Err(format!("{} not healthy after {READY_TIMEOUT:?}\n{}", proc_.name, proc_.logs()));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Spawn a process on a fresh port and wait until it is healthy; retries with another port when
+/// the first one was taken in the meantime (another test may grab a just-released port).
+async fn start_on_free_port(
+    http: &reqwest::Client,
+    dir: &Path,
+    name: &'static str,
+    mut args_for: impl FnMut(u16) -> Vec<String>,
+) -> (Proc, u16) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut p = Proc::spawn(name, dir, &args_for(port));
+        match wait_healthy(http, &mut p, &format!("http://127.0.0.1:{port}")).await {
+            Ok(()) => return (p, port),
+            Err(e) => {
+                let bind_failed = e.contains("binding 127.0.0.1");
+                last = e;
+                if !bind_failed {
+                    break;
+                }
+            }
+        }
+    }
+    panic!("could not start {name}:\n{last}");
+}
+
+/// A fake provider and a router in front of it.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub fake: Proc,
+    pub ladder: Proc,
+    pub fake_url: String,
+    /// The router's base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    pub db_path: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Self::start_with(Opts::default()).await
+    }
+
+    pub async fn start_with(opts: Opts) -> Gateway {
+        let dir = std::env::temp_dir().join(format!("ladder-gateway-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let http = client();
+
+        let scenario_path = dir.join("scenario.toml");
+        std::fs::write(&scenario_path, &opts.scenario).expect("write scenario");
+        let (fake, fake_port) = start_on_free_port(&http, &dir, "fake-provider", |port| {
+            vec![
+                "fake-provider".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--scenario".into(),
+                scenario_path.display().to_string(),
+            ]
+        })
+        .await;
+
+        let db_path = dir.join("decisions.db");
+        let config_path = dir.join("ladder.toml");
+        let dead_port = free_port();
+        let (ladder, port) = start_on_free_port(&http, &dir, "ladder", |port| {
+            std::fs::write(&config_path, opts.render(port, fake_port, dead_port, &db_path)).expect("write config");
+            vec!["serve".into(), "--config".into(), config_path.display().to_string()]
+        })
+        .await;
+
+        Gateway {
+            dir,
+            fake,
+            ladder,
+            fake_url: format!("http://127.0.0.1:{fake_port}"),
+            url: format!("http://127.0.0.1:{port}"),
+            db_path,
+            http,
+        }
+    }
+
+    /// `POST /v1/chat/completions` (non-streaming or not: the body decides), read whole.
+    pub async fn chat(&self, body: &Value) -> Reply {
+        self.chat_with(body, &[]).await
+    }
+
+    pub async fn chat_with(&self, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        let mut rb = self.http.post(format!("{}/v1/chat/completions", self.url)).json(body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let t0 = Instant::now();
+        let resp = rb.send().await.expect("POST /v1/chat/completions");
+        Reply::read(resp, t0).await
+    }
+
+    /// POST raw bytes to a router path.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>, content_type: &str) -> Reply {
+        let t0 = Instant::now();
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        Reply::read(resp, t0).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, serde_json::to_vec(body).expect("json"), "application/json")
+            .await
+    }
+
+    /// GET a router path.
+    pub async fn get(&self, path: &str) -> Reply {
+        let t0 = Instant::now();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        Reply::read(resp, t0).await
+    }
+
+    /// A streaming chat request, read to the end of the body.
+    pub async fn stream(&self, body: &Value) -> StreamReply {
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let t0 = Instant::now();
+        let resp = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST stream");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let raw = resp.text().await.expect("reading the stream body to its end");
+        StreamReply::parse(status, headers, raw, t0.elapsed())
+    }
+
+    /// `GET /v1/decisions/{id}`, which must exist.
+    pub async fn decision(&self, id: &str) -> Value {
+        let r = self.get(&format!("/v1/decisions/{id}")).await;
+        assert_eq!(r.status, 200, "GET /v1/decisions/{id}: {}", r.text);
+        r.body
+    }
+
+    /// The decision record of a reply (from its `x-ladder-decision-id`).
+    pub async fn record_of(&self, headers: &HeaderMap) -> Value {
+        let id = header(headers, "x-ladder-decision-id").expect("x-ladder-decision-id header");
+        let rec = self.decision(&id).await;
+        assert_eq!(rec["id"], json!(id));
+        rec
+    }
+
+    /// Replace the fake provider's scenario (JSON); resets its sequence counters.
+    pub async fn set_scenario(&self, scenario: Value) {
+        let r = self
+            .http
+            .put(format!("{}/_fake/scenario", self.fake_url))
+            .json(&scenario)
+            .send()
+            .await
+            .expect("PUT /_fake/scenario");
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "PUT /_fake/scenario {scenario}: {status} {text}");
+    }
+
+    pub async fn fake_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_fake/stats", self.fake_url))
+            .send()
+            .await
+            .expect("GET /_fake/stats")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+
+    /// Requests that reached an upstream model of the fake.
+    pub async fn upstream_requests(&self, upstream: &str) -> u64 {
+        self.fake_stats().await["models"][upstream]["requests"].as_u64().unwrap_or(0)
+    }
+
+    /// The fake's log of recent requests (oldest first).
+    pub async fn fake_requests_log(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_fake/requests", self.fake_url))
+            .send()
+            .await
+            .expect("GET /_fake/requests")
+            .json()
+            .await
+            .expect("JSON");
+        v["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `ladder.circuit` of a model in `GET /v1/models`.
+    pub async fn circuit(&self, model: &str) -> String {
+        let r = self.get("/v1/models").await;
+        assert_eq!(r.status, 200);
+        let m = r.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .find(|m| m["id"] == json!(model))
+            .cloned();
+        m.unwrap_or_else(|| panic!("model {model} not in /v1/models: {}", r.text))["ladder"]["circuit"]
+            .as_str()
+            .expect("circuit")
+            .to_string()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("===== gateway test failed; temp dir kept at {} =====", self.dir.display());
+            eprintln!("{}", self.fake.logs());
+            eprintln!("{}", self.ladder.logs());
+        } else {
+            // Processes first, then their files.
+            let _ = self.ladder.child.kill();
+            let _ = self.ladder.child.wait();
+            let _ = self.fake.child.kill();
+            let _ = self.fake.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// A whole, non-streamed reply.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body as JSON (`Null` when it is not JSON).
+    pub body: Value,
+    pub text: String,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    async fn read(resp: reqwest::Response, t0: Instant) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("reading the response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        header(&self.headers, name)
+    }
+
+    /// `x-ladder-model`.
+    pub fn model(&self) -> Option<String> {
+        self.header("x-ladder-model")
+    }
+
+    /// `x-ladder-attempts`.
+    pub fn attempts(&self) -> usize {
+        self.header("x-ladder-attempts")
+            .expect("x-ladder-attempts header")
+            .parse()
+            .expect("x-ladder-attempts is a number")
+    }
+
+    /// `choices[0].message.content`.
+    pub fn content(&self) -> String {
+        self.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no content in {}", self.text))
+            .to_string()
+    }
+
+    /// Assert the OpenAI error shape and return `(type, code, message)`.
+    pub fn api_error(&self) -> (String, String, String) {
+        let e = &self.body["error"];
+        assert!(e.is_object(), "not an OpenAI error body: {}", self.text);
+        let message = e["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error.message missing: {}", self.text));
+        let kind = e["type"].as_str().unwrap_or_else(|| panic!("error.type missing: {}", self.text));
+        let code = e["code"].as_str().unwrap_or_else(|| panic!("error.code missing: {}", self.text));
+        assert!(!message.is_empty());
+        (kind.to_string(), code.to_string(), message.to_string())
+    }
+}
+
+/// A streamed reply, read to its end and split into SSE events.
+#[derive(Debug)]
+pub struct StreamReply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub raw: String,
+    /// The `data:` payload of every event, in order.
+    pub events: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl StreamReply {
+    fn parse(status: u16, headers: HeaderMap, raw: String, elapsed: Duration) -> StreamReply {
+        let mut events = Vec::new();
+        for block in raw.split("\n\n") {
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                events.push(data.join("\n"));
+            }
+        }
+        StreamReply {
+            status,
+            headers,
+            raw,
+            events,
+            elapsed,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        header(&self.headers, name)
+    }
+
+    pub fn model(&self) -> Option<String> {
+        self.header("x-ladder-model")
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.header("x-ladder-attempts")
+            .expect("x-ladder-attempts header")
+            .parse()
+            .expect("x-ladder-attempts is a number")
+    }
+
+    /// True when the last event is `[DONE]`.
+    pub fn done(&self) -> bool {
+        self.events.last().is_some_and(|e| e == "[DONE]")
+    }
+
+    /// Every event but `[DONE]`, parsed as JSON.
+    pub fn chunks(&self) -> Vec<Value> {
+        self.events
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("event is not JSON ({err}): {e}")))
+            .collect()
+    }
+
+    /// The streamed content, concatenated.
+    pub fn content(&self) -> String {
+        self.chunks()
+            .iter()
+            .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+            .filter_map(|ch| ch["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// `model:status[:error_kind]` for each attempt of a decision record, for compact assertions.
+pub fn attempt_summary(record: &Value) -> Vec<String> {
+    record["attempts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("record has no attempts: {record}"))
+        .iter()
+        .map(|a| {
+            let mut s = format!("{}:{}", a["model"].as_str().unwrap_or("?"), a["status"].as_str().unwrap_or("?"));
+            if let Some(k) = a["error_kind"].as_str() {
+                s.push(':');
+                s.push_str(k);
+            }
+            s
+        })
+        .collect()
+}
+
+/// The `skipped` reason of a candidate in a decision record (None when it was eligible).
+pub fn skipped(record: &Value, model: &str) -> Option<String> {
+    let c = record["candidates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("record has no candidates: {record}"))
+        .iter()
+        .find(|c| c["model"] == json!(model))
+        .unwrap_or_else(|| panic!("no candidate {model} in {record}"));
+    c["skipped"].as_str().map(str::to_string)
+}
+
+/// The record's chain as strings.
+pub fn chain(record: &Value) -> Vec<String> {
+    record["chain"]
+        .as_array()
+        .expect("chain")
+        .iter()
+        .map(|m| m.as_str().expect("model name").to_string())
+        .collect()
+}
+
+/// A one-user-message request.
+pub fn req(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// A scenario in which `upstream` always behaves as `behavior` (the others answer normally).
+pub fn always(upstream: &str, behavior: Value) -> Value {
+    json!({"seed": 1, "models": {upstream: {"fail_rate": 1.0, "fail_with": behavior}}})
+}
+
+pub fn status(code: u16) -> Value {
+    json!({"kind": "status", "status": code})
+}
