@@ -112,36 +112,45 @@ pub fn demo_config(fake_addr: &str, store: &Path, model_dir: &Path, heads_dir: &
     Config::from_toml(&text)
 }
 
-/// The tour: (description, request body, extra header).
-pub fn tour() -> Vec<(&'static str, serde_json::Value, Option<(&'static str, &'static str)>)> {
+/// One request of the guided tour.
+pub struct TourStop {
+    pub label: &'static str,
+    pub body: serde_json::Value,
+    /// An extra request header, e.g. a task hint.
+    pub header: Option<(&'static str, &'static str)>,
+}
+
+/// The tour the demo sends through the router at start-up.
+pub fn tour() -> Vec<TourStop> {
     use serde_json::json;
+    let stop = |label, body, header| TourStop { label, body, header };
     vec![
-        (
+        stop(
             "easy chat",
             json!({"model": "auto", "messages": [{"role": "user", "content": "hey! how's it going?"}]}),
             None,
         ),
-        (
+        stop(
             "translation",
             json!({"model": "auto", "messages": [{"role": "user", "content": "Translate to French: the meeting moved to Thursday at 3pm."}]}),
             None,
         ),
-        (
+        stop(
             "hard math",
             json!({"model": "auto", "messages": [{"role": "user", "content": "A train leaves at 3:40pm going 72 km/h; a second leaves the same station at 4:05pm at 90 km/h on the same track. At what time and distance does the second catch the first? Show the algebra."}]}),
             None,
         ),
-        (
+        stop(
             "code, hinted",
             json!({"model": "auto", "messages": [{"role": "user", "content": "Write a Rust function that parses an ISO-8601 duration like PT1H30M into seconds."}]}),
             Some(("x-ladder-task", "code")),
         ),
-        (
+        stop(
             "named model (flaky upstream)",
             json!({"model": "sonnet-ish", "messages": [{"role": "user", "content": "Summarize: Ladder picks the cheapest model likely to succeed and escalates when it fails."}]}),
             None,
         ),
-        (
+        stop(
             "JSON mode",
             json!({"model": "auto", "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "Extract name and city as JSON: 'Maria moved from Lisbon to Oslo.'"}]}),
             None,
@@ -184,11 +193,8 @@ pub async fn run(listen: &str, tour_only: bool) -> anyhow::Result<()> {
     println!("catalogue: mini (cheap, openai-kind) < sonnet-ish (mid, anthropic-kind, 30% 503s) < frontier (openai-kind)");
     println!("classifier: {}\n", state.scorer.describe());
     let http = reqwest::Client::new();
-    println!(
-        "{:<30} {:<12} {:<9} {:<12} {}",
-        "request", "model", "attempts", "outcome", "decision id"
-    );
-    for (label, body, header) in tour() {
+    println!("{:<30} {:<12} {:<9} {:<12} decision id", "request", "model", "attempts", "outcome");
+    for TourStop { label, body, header } in tour() {
         let mut rb = http.post(format!("http://{addr}/v1/chat/completions")).json(&body);
         if let Some((k, v)) = header {
             rb = rb.header(k, v);

@@ -333,27 +333,25 @@ impl StreamState {
                 let c = self.chunk(delta, None, None);
                 self.ready.push_back(Ok(c));
             }
-            "content_block_start" => {
-                if v.pointer("/content_block/type").and_then(|t| t.as_str()) == Some("tool_use") {
-                    let block_index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
-                    let idx = self.tool_index.len();
-                    self.tool_index.insert(block_index, idx);
-                    let call = json!({
-                        "index": idx,
-                        "id": v.pointer("/content_block/id").cloned().unwrap_or(Value::Null),
-                        "type": "function",
-                        "function": {"name": v.pointer("/content_block/name").cloned().unwrap_or(Value::Null), "arguments": ""},
-                    });
-                    let c = self.chunk(
-                        Delta {
-                            tool_calls: Some(vec![call]),
-                            ..Default::default()
-                        },
-                        None,
-                        None,
-                    );
-                    self.ready.push_back(Ok(c));
-                }
+            "content_block_start" if v.pointer("/content_block/type").and_then(|t| t.as_str()) == Some("tool_use") => {
+                let block_index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
+                let idx = self.tool_index.len();
+                self.tool_index.insert(block_index, idx);
+                let call = json!({
+                    "index": idx,
+                    "id": v.pointer("/content_block/id").cloned().unwrap_or(Value::Null),
+                    "type": "function",
+                    "function": {"name": v.pointer("/content_block/name").cloned().unwrap_or(Value::Null), "arguments": ""},
+                });
+                let c = self.chunk(
+                    Delta {
+                        tool_calls: Some(vec![call]),
+                        ..Default::default()
+                    },
+                    None,
+                    None,
+                );
+                self.ready.push_back(Ok(c));
             }
             "content_block_delta" => match v.pointer("/delta/type").and_then(|t| t.as_str()) {
                 Some("text_delta") => {

@@ -96,18 +96,24 @@ pub struct IrtFit {
     pub abilities: Vec<Vec<f64>>,
 }
 
+/// Hyper-parameters of [`fit_irt`].
+#[derive(Debug, Clone, Copy)]
+pub struct IrtOptions {
+    /// Strength of the pull of anchor rows towards difficulty 0.
+    pub anchor_weight: f32,
+    pub l2: f32,
+    pub epochs: usize,
+    pub lr: f32,
+}
+
 /// Fit difficulty head and abilities. `anchors` are rows softly pulled to difficulty 0.
-pub fn fit_irt(
-    x: &Array2<f32>,
-    obs: &[Observation],
-    n_models: usize,
-    n_tasks: usize,
-    anchors: &[usize],
-    anchor_weight: f32,
-    l2: f32,
-    epochs: usize,
-    lr: f32,
-) -> IrtFit {
+pub fn fit_irt(x: &Array2<f32>, obs: &[Observation], n_models: usize, n_tasks: usize, anchors: &[usize], opts: IrtOptions) -> IrtFit {
+    let IrtOptions {
+        anchor_weight,
+        l2,
+        epochs,
+        lr,
+    } = opts;
     let (n, d) = x.dim();
     let mut w = Array1::<f32>::zeros(d);
     let mut b = 0f32;
@@ -180,8 +186,8 @@ pub fn spherical_kmeans(x: &Array2<f32>, k: usize, iters: usize) -> Array2<f32> 
             s += &x.row(i);
             counts[best] += 1;
         }
-        for j in 0..k {
-            if counts[j] == 0 {
+        for (j, count) in counts.iter().enumerate() {
+            if *count == 0 {
                 continue;
             }
             let mut row = sums.row(j).to_owned();
@@ -231,7 +237,13 @@ mod tests {
             });
         }
         let x = Array2::from_shape_vec((40, 2), rows).unwrap();
-        let fit = fit_irt(&x, &obs, 2, 1, &[], 0.0, 1e-4, 800, 0.05);
+        let opts = IrtOptions {
+            anchor_weight: 0.0,
+            l2: 1e-4,
+            epochs: 800,
+            lr: 0.05,
+        };
+        let fit = fit_irt(&x, &obs, 2, 1, &[], opts);
         let d_hard = fit.w[0] + fit.w[1] + fit.b;
         let d_easy = fit.w[1] + fit.b;
         assert!(d_hard > d_easy + 1.0, "hard {d_hard} easy {d_easy}");

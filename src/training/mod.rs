@@ -203,7 +203,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
     let texts: Vec<&str> = tasks.train.iter().map(|l| l.prompt.as_str()).collect();
     let xt = embed_all(&encoder, &texts, &mut cache, opts.max_tokens, "task prompts")?;
     let y: Vec<usize> = tasks.train.iter().map(|l| l.task.index()).collect();
-    let mut counts = vec![0usize; Task::COUNT];
+    let mut counts = [0usize; Task::COUNT];
     for c in &y {
         counts[*c] += 1;
     }
@@ -262,7 +262,13 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
         n_out,
         anchors.len()
     );
-    let irt = fit::fit_irt(&x_all, &obs, model_names.len(), Task::COUNT, &anchor_rows, 0.2, 1e-3, 1500, 0.01);
+    let irt_opts = fit::IrtOptions {
+        anchor_weight: 0.2,
+        l2: 1e-3,
+        epochs: 1500,
+        lr: 0.01,
+    };
+    let irt = fit::fit_irt(&x_all, &obs, model_names.len(), Task::COUNT, &anchor_rows, irt_opts);
 
     // Per-task offsets so that difficulty 0 = typical prompt of the task.
     let raw = x_all.dot(&irt.w) + irt.b;
