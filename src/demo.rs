@@ -14,7 +14,7 @@ use std::path::Path;
 pub const DEMO_SCENARIO: &str = r#"
 seed = 7
 [models.fast-mini]
-ability = 0.55
+ability = 0.75
 output_tokens = 24
 bad_answer = "refusal"
 [models.claude-mid]

@@ -13,12 +13,22 @@ async fn official_openai_sdk_works_against_ladder() {
     let gw = common::Gateway::start().await;
     let base_url = format!("{}/v1", gw.url);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(".venv/bin/python").args(["tests/python/openai_sdk_check.py", &base_url, "mid"]).output().expect("running python")
+        Command::new(".venv/bin/python")
+            .args(["tests/python/openai_sdk_check.py", &base_url, "mid"])
+            .output()
+            .expect("running python")
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nladder:\n{}", gw.ladder.logs());
-    assert!(stdout.contains("plain:") && stdout.contains("stream:") && stdout.contains("ok"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK check failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nladder:\n{}",
+        gw.ladder.logs()
+    );
+    assert!(
+        stdout.contains("plain:") && stdout.contains("stream:") && stdout.contains("ok"),
+        "{stdout}"
+    );
 }

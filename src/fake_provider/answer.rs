@@ -103,8 +103,9 @@ pub(crate) fn difficulty(user_text: &str) -> f64 {
             return d.clamp(0.0, 1.0);
         }
     }
-    // Top 53 bits of the hash give a uniform f64 in [0, 1).
-    (fnv1a(user_text.as_bytes()) >> 11) as f64 / (1u64 << 53) as f64
+    // FNV-1a's high bits are poorly mixed for short texts; a murmur3 finaliser spreads them, then
+    // the top 53 bits give a uniform f64 in [0, 1).
+    (fmix64(fnv1a(user_text.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// 64-bit FNV-1a: a stable hash (std's `DefaultHasher` is not guaranteed
@@ -115,6 +116,16 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    h
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     h
 }
 
