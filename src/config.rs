@@ -30,6 +30,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub checks: CheckConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -228,6 +230,29 @@ impl Default for CheckConfig {
     }
 }
 
+/// API keys (see `crate::auth`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require `Authorization: Bearer <key>` (a virtual key from `ladder keys create`, or the
+    /// admin key) on every route but `/healthz`.
+    pub enabled: bool,
+    /// Name of the environment variable holding the admin key.
+    pub admin_key_env: String,
+    /// How often the server re-reads the keys table (revocations take effect then).
+    pub refresh_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            admin_key_env: "LADDER_ADMIN_KEY".into(),
+            refresh_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -408,6 +433,15 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             bail!("server.max_body_bytes: {} is too small (minimum 1024)", self.server.max_body_bytes);
+        }
+        if self.auth.admin_key_env.is_empty() || self.auth.admin_key_env.contains(char::is_whitespace) {
+            bail!(
+                "auth.admin_key_env: '{}' is not an environment variable name",
+                self.auth.admin_key_env
+            );
+        }
+        if self.auth.refresh_ms == 0 {
+            bail!("auth.refresh_ms: must be positive");
         }
         self.server
             .listen

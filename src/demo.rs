@@ -175,6 +175,8 @@ pub async fn run(listen: &str, tour_only: bool) -> anyhow::Result<()> {
     let store = std::env::temp_dir().join(format!("ladder-demo-{}.db", std::process::id()));
     let mut config = demo_config(&fake_addr, &store, Path::new("models/all-MiniLM-L6-v2"), Path::new("models/heads"))?;
     config.server.listen = listen.to_string();
+    // The demo serves without API keys.
+    config.auth.enabled = false;
     config.validate()?;
     let state = Arc::new(AppState::build(config)?);
     let listener = tokio::net::TcpListener::bind(listen)

@@ -7,6 +7,8 @@
 //! recorded by the [`store`]. [`training`] fits the classifier heads from seed data and logged
 //! outcomes. [`config`] holds the typed, validated catalogue everything else reads.
 
+pub mod analytics;
+pub mod auth;
 pub mod classifier;
 pub mod config;
 pub mod demo;

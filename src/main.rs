@@ -1,4 +1,4 @@
-//! The `ladder` command line: `serve`, `fake-provider`, `demo`, `route`, `train`, `eval`.
+//! The `ladder` command line: `serve`, `fake-provider`, `demo`, `route`, `train`, `eval`, `keys`.
 
 use clap::{Parser, Subcommand};
 use ladder::config::Config;
@@ -14,6 +14,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum HeadsAction {
+    /// All versions, with their held-out metrics; `*` marks the current one.
+    List,
+    /// Make VERSION current (then reload the server: POST /v1/admin/reload or SIGHUP).
+    Rollback { version: String },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the router.
     Serve {
@@ -22,6 +30,11 @@ enum Command {
         /// Overrides server.listen.
         #[arg(long)]
         listen: Option<String>,
+    },
+    /// Manage virtual API keys: create (prints the key once), list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: ladder::auth::cli::KeysCommand,
     },
     /// Run a local fake of the upstream APIs (OpenAI chat completions and Anthropic Messages).
     FakeProvider {
@@ -70,6 +83,37 @@ enum Command {
         /// Print the comparison without writing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Fine-tune the current heads on the outcomes in the decision log (plus the seed data when present).
+        #[arg(long)]
+        from_log: bool,
+        /// Only decisions since this time (RFC 3339 or unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// The server's config: its decision log (`store.path`) and catalogue.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The decision log to read (default: the config's `store.path`, else ladder.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// List heads versions, or make an earlier one current again.
+    Heads {
+        #[command(subcommand)]
+        action: HeadsAction,
+        #[arg(long, default_value = "models/heads", global = true)]
+        heads_dir: PathBuf,
+    },
+    /// What-if: re-route logged decisions under another threshold, without calling any upstream.
+    Replay {
+        #[arg(long)]
+        threshold: f64,
+        #[arg(long)]
+        since: Option<String>,
+        /// The catalogue to replay under (and its decision log, `store.path`).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
     /// Evaluate the current heads: task accuracy, router metrics (APGR, CPT, ECE), cost-quality curve.
     Eval {
@@ -114,7 +158,41 @@ fn main() -> anyhow::Result<()> {
             heads_dir,
             per_source,
             dry_run,
+            from_log,
+            since,
+            config,
+            db,
         } => {
+            if from_log {
+                let config = config.map(|p| Config::load(&p)).transpose()?;
+                let db = db
+                    .or_else(|| config.as_ref().map(|c| c.store.path.clone()))
+                    .unwrap_or_else(|| PathBuf::from("ladder.db"));
+                let since_ms = since.as_deref().map(parse_since).transpose()?;
+                let opts = ladder::training::from_log::FromLogOptions {
+                    db,
+                    since_ms,
+                    config,
+                    heads_dir,
+                    model_dir,
+                    data: ladder::training::data::DataPaths {
+                        shared: data,
+                        training: training_dir,
+                    },
+                    dry_run,
+                };
+                let report = ladder::training::from_log::train_from_log(&opts)?;
+                println!("{}", report.table());
+                if report.accepted && !dry_run {
+                    println!(
+                        "wrote {} and made it current; reload a running server with POST /v1/admin/reload or SIGHUP",
+                        report.new.manifest.version
+                    );
+                } else if dry_run {
+                    println!("dry run: nothing written");
+                }
+                return Ok(());
+            }
             let opts = ladder::training::TrainOptions {
                 data: ladder::training::data::DataPaths {
                     shared: data,
@@ -127,6 +205,99 @@ fn main() -> anyhow::Result<()> {
                 per_source,
             };
             ladder::training::train(&opts)?;
+            return Ok(());
+        }
+        Command::Heads { action, heads_dir } => {
+            let store = ladder::classifier::heads::HeadsStore::new(&heads_dir);
+            match action {
+                HeadsAction::List => {
+                    let current = store.current_version().unwrap_or_default();
+                    for v in store.versions()? {
+                        let h = ladder::classifier::heads::Heads::load(&heads_dir.join(&v));
+                        let summary = match h {
+                            Ok(h) => {
+                                let m = &h.manifest.metrics;
+                                let pick = |k: &str| m.get(k).and_then(|x| x.as_f64()).map(|x| format!("{x:.3}")).unwrap_or("-".into());
+                                let log = m
+                                    .pointer("/log_holdout/log_loss")
+                                    .and_then(|x| x.as_f64())
+                                    .map(|x| format!(" log-loss {x:.3}"))
+                                    .unwrap_or_default();
+                                format!(
+                                    "created {}  APGR {}  task acc {}{log}",
+                                    h.manifest.created_at,
+                                    pick("apgr"),
+                                    pick("task_accuracy")
+                                )
+                            }
+                            Err(e) => format!("unreadable: {e}"),
+                        };
+                        println!("{} {v}  {summary}", if v == current { "*" } else { " " });
+                    }
+                }
+                HeadsAction::Rollback { version } => {
+                    ladder::classifier::heads::Heads::load(&heads_dir.join(&version))?;
+                    store.set_current(&version)?;
+                    println!("{version} is current; reload a running server with POST /v1/admin/reload or SIGHUP");
+                }
+            }
+            return Ok(());
+        }
+        Command::Replay {
+            threshold,
+            since,
+            config,
+            db,
+        } => {
+            let mut config = Config::load(&config)?;
+            if !(threshold > 0.0 && threshold < 1.0) {
+                anyhow::bail!("--threshold must be strictly between 0 and 1");
+            }
+            let db = db.unwrap_or_else(|| config.store.path.clone());
+            let since_ms = since.as_deref().map(parse_since).transpose()?;
+            let (mut records, _) = ladder::store::read_log(&db, since_ms)?;
+            if config.classifier.enabled
+                && let Ok(h) = ladder::classifier::heads::HeadsStore::new(&config.classifier.heads_dir).load_current()
+            {
+                for r in &mut records {
+                    if let Some(s) = r.scores.as_mut() {
+                        s.abilities = Some(h.abilities.clone());
+                    }
+                }
+            }
+            let logged_threshold = config.routing.threshold;
+            config.routing.threshold = threshold;
+            let report = ladder::analytics::replay(&config, &records);
+            println!(
+                "replayed {} decisions from {} (skipped {}) at threshold {threshold} (config: {logged_threshold})",
+                report.decisions,
+                db.display(),
+                report.skipped
+            );
+            println!(
+                "first choice changed for {} ({:.1}%)",
+                report.changed,
+                100.0 * report.changed as f64 / report.decisions.max(1) as f64
+            );
+            println!("{:<20} {:>10} {:>10}", "model", "logged", "replayed");
+            let mut models: Vec<&String> = report.picks_before.keys().chain(report.picks_after.keys()).collect();
+            models.sort();
+            models.dedup();
+            for m in models {
+                println!(
+                    "{m:<20} {:>10} {:>10}",
+                    report.picks_before.get(m).unwrap_or(&0),
+                    report.picks_after.get(m).unwrap_or(&0)
+                );
+            }
+            println!(
+                "mean expected cost  ${:.6} -> ${:.6}",
+                report.expected_cost_before_usd, report.expected_cost_after_usd
+            );
+            println!(
+                "mean expected P(success) {:.3} -> {:.3}",
+                report.expected_success_before, report.expected_success_after
+            );
             return Ok(());
         }
         Command::Eval {
@@ -143,10 +314,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             return eval_command(data, training_dir, model_dir, heads_dir, heads, outcomes, weak, strong, json, plot);
         }
+        Command::Keys { command } => return ladder::auth::cli::run(command),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(cli.command))
+}
+
+/// `--since`: RFC 3339 or unix seconds, as milliseconds.
+fn parse_since(v: &str) -> anyhow::Result<i64> {
+    ladder::server::decisions::parse_time("since", v).map_err(|e| anyhow::anyhow!("{}", e.message))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -262,6 +439,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(())
         }
-        Command::Train { .. } | Command::Eval { .. } => unreachable!("handled before the runtime starts"),
+        Command::Train { .. } | Command::Eval { .. } | Command::Keys { .. } | Command::Heads { .. } | Command::Replay { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }

@@ -15,6 +15,12 @@
 use crate::config::{Config, ModelConfig};
 use crate::task::Task;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Fitted abilities (logits) per catalogue model and task, learned from logged outcomes by
+/// `ladder train --from-log`; where present they replace `logit(quality)` from the catalogue.
+pub type Abilities = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// Where a prompt's scores came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +55,9 @@ pub struct Scores {
     pub truncated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heads_version: Option<String>,
+    /// Abilities from the same heads version (not logged: the manifest has them).
+    #[serde(skip)]
+    pub abilities: Option<Arc<Abilities>>,
 }
 
 impl Scores {
@@ -65,6 +74,7 @@ impl Scores {
             source,
             truncated: false,
             heads_version: None,
+            abilities: None,
         }
     }
 
@@ -104,6 +114,9 @@ pub struct Candidate {
     pub expected_cost_usd: f64,
     /// Quality of the model for the effective task (from the catalogue).
     pub quality: f64,
+    /// True when P(success) used abilities learned from the log instead of the catalogue quality.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learned: bool,
     /// Why this model cannot serve the request (policy), if it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -164,14 +177,27 @@ pub fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// P(success) of `model` for a prompt with these task probabilities and difficulty.
-pub fn p_success(model: &ModelConfig, task_probs: &[f64], difficulty: f64) -> f64 {
-    Task::ALL
+/// P(success) of `model` for a prompt with these task probabilities and difficulty, and whether
+/// a learned ability was used.
+pub fn p_success(model: &ModelConfig, task_probs: &[f64], difficulty: f64, learned: Option<&Abilities>) -> (f64, bool) {
+    let learned = learned.and_then(|a| a.get(&model.name));
+    let mut used_learned = false;
+    let p = Task::ALL
         .iter()
         .zip(task_probs)
         .filter(|(_, p)| **p > 0.0)
-        .map(|(t, p)| p * sigmoid(logit(model.quality.for_task(*t)) - difficulty))
-        .sum()
+        .map(|(t, p)| {
+            let ability = match learned.and_then(|m| m.get(t.as_str())) {
+                Some(a) => {
+                    used_learned = true;
+                    *a
+                }
+                None => logit(model.quality.for_task(*t)),
+            };
+            p * sigmoid(ability - difficulty)
+        })
+        .sum();
+    (p, used_learned)
 }
 
 /// Decide which models to try for a request.
@@ -204,9 +230,11 @@ pub fn decide(config: &Config, req: &RouteRequest, scores: &Scores) -> Result<De
                 .unwrap_or(config.routing.expected_output_tokens)
                 .min(m.max_output_tokens.unwrap_or(u64::MAX));
             let expected_cost_usd = m.cost_usd(req.prompt_tokens, out_tokens);
+            let (p_success, learned) = p_success(m, &probs, scores.difficulty, scores.abilities.as_deref());
             Candidate {
                 model: m.name.clone(),
-                p_success: p_success(m, &probs, scores.difficulty),
+                p_success,
+                learned,
                 expected_cost_usd,
                 quality: m.quality.for_task(task),
                 skipped: policy_skip(m, req, expected_cost_usd),

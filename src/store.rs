@@ -88,6 +88,15 @@ pub struct DecisionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     pub prompt_sha256: String,
+    /// The name of the API key the request came with (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// Capabilities the request needed (`tools`, `vision`, `json`), for replay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// The caller's output limit, for replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
     /// The embedding is stored beside the record, not inside its JSON.
     #[serde(skip)]
     pub embedding: Option<Vec<f32>>,
@@ -104,6 +113,21 @@ pub struct DecisionQuery {
     pub limit: usize,
     /// Return records older than this cursor (from a previous page's `next_cursor`).
     pub cursor: Option<i64>,
+}
+
+/// An outcome a client (or an evaluator) attached to a decision with `POST /v1/feedback`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Feedback {
+    pub decision_id: String,
+    /// Who said it; feedback is idempotent per (decision, source).
+    pub source: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub ts_ms: i64,
 }
 
 pub struct DecisionPage {
@@ -143,6 +167,15 @@ CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_ms);
 CREATE INDEX IF NOT EXISTS decisions_model ON decisions(final_model, seq);
 CREATE INDEX IF NOT EXISTS decisions_task ON decisions(task, seq);
 CREATE INDEX IF NOT EXISTS decisions_outcome ON decisions(outcome, seq);
+CREATE TABLE IF NOT EXISTS feedback (
+    decision_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    score REAL,
+    comment TEXT,
+    ts_ms INTEGER NOT NULL,
+    PRIMARY KEY (decision_id, source)
+);
 ";
 
 fn open(path: &Path) -> anyhow::Result<Connection> {
@@ -165,6 +198,7 @@ impl Store {
         }
         let conn = open(path)?;
         conn.execute_batch(SCHEMA).context("creating the decision log schema")?;
+        conn.execute_batch(crate::auth::SCHEMA).context("creating the keys table")?;
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
         let max_batch = max_batch.max(1);
         let handle = std::thread::Builder::new()
@@ -350,10 +384,73 @@ impl Store {
         .await
     }
 
+    /// Attach feedback to a decision (replacing this source's earlier feedback on it). Returns
+    /// false when the decision does not exist.
+    pub async fn put_feedback(&self, fb: Feedback) -> anyhow::Result<bool> {
+        self.with_reader(move |conn| {
+            let exists: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM decisions WHERE id = ?1)",
+                params![fb.decision_id],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                return Ok(false);
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO feedback (decision_id, source, outcome, score, comment, ts_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![fb.decision_id, fb.source, fb.outcome, fb.score, fb.comment, fb.ts_ms],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn feedback_for(&self, decision_id: String) -> anyhow::Result<Vec<Feedback>> {
+        self.with_reader(move |conn| read_feedback(conn, Some(&decision_id))).await
+    }
+
     pub async fn count(&self) -> anyhow::Result<u64> {
         self.with_reader(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64))
             .await
     }
+}
+
+fn read_feedback(conn: &Connection, decision_id: Option<&str>) -> anyhow::Result<Vec<Feedback>> {
+    let mut stmt = conn.prepare(
+        "SELECT decision_id, source, outcome, score, comment, ts_ms FROM feedback WHERE ?1 IS NULL OR decision_id = ?1 ORDER BY ts_ms",
+    )?;
+    let rows = stmt.query_map(params![decision_id], |r| {
+        Ok(Feedback {
+            decision_id: r.get(0)?,
+            source: r.get(1)?,
+            outcome: r.get(2)?,
+            score: r.get(3)?,
+            comment: r.get(4)?,
+            ts_ms: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Read the whole log (records from `since_ms`, oldest first, and all feedback) without a running
+/// server: for `ladder train --from-log` and `ladder replay`.
+pub fn read_log(path: &Path, since_ms: Option<i64>) -> anyhow::Result<(Vec<DecisionRecord>, Vec<Feedback>)> {
+    if !path.exists() {
+        anyhow::bail!("decision log {} does not exist", path.display());
+    }
+    let conn = open(path)?;
+    conn.execute_batch(SCHEMA)?;
+    let mut stmt = conn.prepare("SELECT record, embedding FROM decisions WHERE ts_ms >= ?1 ORDER BY seq")?;
+    let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+    })?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (json, emb) = row?;
+        records.push(decode(&json, emb)?);
+    }
+    let feedback = read_feedback(&conn, None)?;
+    Ok((records, feedback))
 }
 
 fn decode(json: &str, emb: Option<Vec<u8>>) -> anyhow::Result<DecisionRecord> {
@@ -416,6 +513,8 @@ fn write_batch(conn: &mut Connection, batch: &[WriteOp]) -> anyhow::Result<()> {
                     json,
                     emb
                 ])?;
+                // The key's spend commits with its record.
+                crate::auth::charge(&tx, rec)?;
             }
         }
     }

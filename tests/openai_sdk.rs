@@ -15,6 +15,7 @@ async fn official_openai_sdk_works_against_ladder() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(".venv/bin/python")
             .args(["tests/python/openai_sdk_check.py", &base_url, "mid"])
+            .env("LADDER_API_KEY", common::ADMIN_KEY)
             .output()
             .expect("running python")
     })

@@ -56,6 +56,8 @@ pub struct Heads {
     pub centroids: Array2<f32>,
     /// `manifest.difficulty_offsets` in [`Task::ALL`] order.
     pub offsets: Vec<f64>,
+    /// `manifest.abilities`, shared with every score these heads produce.
+    pub abilities: std::sync::Arc<crate::router::Abilities>,
 }
 
 /// What the heads say about one embedding.
@@ -130,6 +132,7 @@ impl Heads {
                 .iter()
                 .map(|t| manifest.difficulty_offsets.get(t.as_str()).copied().unwrap_or(0.0))
                 .collect(),
+            abilities: std::sync::Arc::new(manifest.abilities.clone()),
             manifest,
         };
         let dim = heads.manifest.embedding_dim;

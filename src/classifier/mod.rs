@@ -106,6 +106,7 @@ impl Classifier {
             source: ScoreSource::Classifier,
             truncated: out.truncated,
             heads_version: Some(out.heads_version),
+            abilities: Some(out.abilities),
         };
         Ok((scores, out.embedding))
     }

@@ -24,6 +24,7 @@ pub struct PoolOutput {
     pub truncated: bool,
     pub heads_version: String,
     pub ood_threshold: f32,
+    pub abilities: Arc<crate::router::Abilities>,
 }
 
 struct Job {
@@ -135,6 +136,7 @@ impl Pool {
             truncated,
             heads_version: heads.manifest.version.clone(),
             ood_threshold: heads.manifest.ood_threshold,
+            abilities: heads.abilities.clone(),
         })
     }
 }

@@ -169,6 +169,9 @@ fn check_auth(api: Api, scenario: &Scenario, headers: &HeaderMap) -> Result<(), 
             let key = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             if key == Some(expected) {
                 Ok(())
+            } else if scenario.echo_api_key {
+                let msg = format!("Incorrect API key provided: {}.", key.unwrap_or_default());
+                Err(unauthorized(&msg).code("invalid_api_key"))
             } else {
                 Err(unauthorized("Incorrect API key provided.").code("invalid_api_key"))
             }
@@ -176,6 +179,7 @@ fn check_auth(api: Api, scenario: &Scenario, headers: &HeaderMap) -> Result<(), 
         Api::Anthropic => match headers.get("x-api-key").map(HeaderValue::to_str) {
             None => Err(unauthorized("x-api-key header is required")),
             Some(Ok(key)) if key.trim() == expected => Ok(()),
+            Some(Ok(key)) if scenario.echo_api_key => Err(unauthorized(&format!("invalid x-api-key: {key}"))),
             Some(_) => Err(unauthorized("invalid x-api-key")),
         },
     }

@@ -26,6 +26,9 @@ pub struct Scenario {
     /// When set, requests must authenticate with this key
     /// (`Authorization: Bearer` for OpenAI, `x-api-key` for Anthropic).
     pub api_key: Option<String>,
+    /// When true, a request with the wrong key gets a 401 whose message repeats the key it
+    /// presented in full (a worst-case upstream, for testing that Ladder never passes it on).
+    pub echo_api_key: bool,
     /// Seed of the per-model RNGs used for probabilistic faults (`fail_rate`).
     pub seed: u64,
     /// When true (the default), request parameters that the real API does not

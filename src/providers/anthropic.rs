@@ -39,6 +39,10 @@ impl AnthropicProvider {
         }
     }
 
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
     async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
         let mut rb = self.http.post(&self.url).header("anthropic-version", ANTHROPIC_VERSION).json(body);
         if let Some(key) = &self.api_key {

@@ -88,6 +88,31 @@ impl ProviderError {
             _ => None,
         }
     }
+
+    /// The same error with every occurrence of `secret` (the provider's API key) masked: an
+    /// upstream may echo the key in an error body, and these messages reach logs, decision
+    /// records and clients.
+    pub fn redact(self, secret: Option<&str>) -> ProviderError {
+        let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+            return self;
+        };
+        let mask = |m: String| if m.contains(secret) { m.replace(secret, "[redacted]") } else { m };
+        match self {
+            ProviderError::Status {
+                status,
+                retry_after,
+                message,
+            } => ProviderError::Status {
+                status,
+                retry_after,
+                message: mask(message),
+            },
+            ProviderError::Connect(m) => ProviderError::Connect(mask(m)),
+            ProviderError::Malformed(m) => ProviderError::Malformed(mask(m)),
+            ProviderError::Stream(m) => ProviderError::Stream(mask(m)),
+            e @ (ProviderError::Timeout { .. } | ProviderError::Oversized) => e,
+        }
+    }
 }
 
 impl std::fmt::Display for ProviderError {
@@ -130,18 +155,35 @@ impl Provider {
         })
     }
 
-    pub async fn complete(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChatCompletion, ProviderError> {
+    fn api_key(&self) -> Option<&str> {
         match self {
+            Provider::OpenAi(p) => p.api_key(),
+            Provider::Anthropic(p) => p.api_key(),
+        }
+    }
+
+    pub async fn complete(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChatCompletion, ProviderError> {
+        let r = match self {
             Provider::OpenAi(p) => p.complete(req, model).await,
             Provider::Anthropic(p) => p.complete(req, model).await,
-        }
+        };
+        r.map_err(|e| e.redact(self.api_key()))
     }
 
     /// Start a stream: resolves once the upstream accepted the request (status and headers).
     pub async fn stream(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChunkStream, ProviderError> {
-        match self {
+        use futures::StreamExt;
+        let r = match self {
             Provider::OpenAi(p) => p.stream(req, model).await,
             Provider::Anthropic(p) => p.stream(req, model).await,
+        };
+        match (r, self.api_key()) {
+            (Err(e), key) => Err(e.redact(key)),
+            (Ok(s), None) => Ok(s),
+            (Ok(s), Some(key)) => {
+                let key = key.to_string();
+                Ok(s.map(move |item| item.map_err(|e| e.redact(Some(&key)))).boxed())
+            }
         }
     }
 }
@@ -239,4 +281,25 @@ pub(crate) fn is_content_type(resp: &reqwest::Response, expected: &str) -> bool 
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with(expected))
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::ProviderError;
+
+    #[test]
+    fn redact_masks_the_key_everywhere() {
+        let e = ProviderError::Status {
+            status: 401,
+            retry_after: None,
+            message: "Incorrect API key provided: sk-secret-1 (sk-secret-1)".into(),
+        };
+        assert_eq!(
+            e.redact(Some("sk-secret-1")).to_string(),
+            "upstream returned 401: Incorrect API key provided: [redacted] ([redacted])"
+        );
+        let e = ProviderError::Stream("echo sk-secret-1".into());
+        assert_eq!(e.clone().redact(None), e);
+        assert_eq!(e.redact(Some("sk-secret-1")), ProviderError::Stream("echo [redacted]".into()));
+    }
 }

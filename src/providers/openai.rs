@@ -28,6 +28,10 @@ impl OpenAiProvider {
         }
     }
 
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
     fn body(req: &ChatRequest, model: &ModelConfig, stream: bool) -> ChatRequest {
         let mut body = req.clone();
         body.model = model.upstream_id().to_string();

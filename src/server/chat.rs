@@ -51,8 +51,30 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Parse and validate a chat request; every failure is a 400 naming the problem.
+/// A body declared as something other than JSON is refused (415); no content type is accepted.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = v.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media == "application/json" || (media.starts_with("application/") && media.ends_with("+json")) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+        format!(
+            "the request body must be JSON (content-type: application/json), got content-type '{}'",
+            String::from_utf8_lossy(v.as_bytes())
+        ),
+    )
+    .with_param("content-type"))
+}
+
+/// Parse and validate a chat request; every failure is a 4xx naming the problem.
 pub fn parse(state: &SharedState, headers: &HeaderMap, bytes: &[u8]) -> Result<Parsed, ApiError> {
+    check_content_type(headers)?;
     let req: ChatRequest = serde_json::from_slice(bytes).map_err(|e| {
         let msg = if e.is_syntax() || e.is_eof() {
             format!("the request body is not valid JSON: {e}")
@@ -197,6 +219,18 @@ fn route_error(e: RouteError) -> ApiError {
 
 /// Score and decide (no upstream call).
 async fn score_and_decide(state: &SharedState, parsed: &Parsed) -> (Scores, Option<Vec<f32>>, Result<Decision, RouteError>) {
+    // A prompt no model can take is refused without spending classifier time on it.
+    if state.config.models.iter().all(|m| parsed.route.prompt_tokens > m.context_window) {
+        let fallback = parsed.route.task_hint.unwrap_or(state.config.routing.default_task);
+        let scores = Scores::for_task(
+            fallback,
+            crate::router::ScoreSource::Degraded {
+                reason: "not scored: the prompt exceeds every model's context window".into(),
+            },
+        );
+        let decision = router::decide(&state.config, &parsed.route, &scores);
+        return (scores, None, decision);
+    }
     let (scores, embedding) = state
         .scorer
         .score(
@@ -215,6 +249,8 @@ pub struct RecordGuard {
     record: Option<DecisionRecord>,
     store: Store,
     t0: Instant,
+    /// The request's reservation against its API key's limits, settled with the record.
+    reservation: Option<crate::auth::Reservation>,
 }
 
 impl RecordGuard {
@@ -237,6 +273,16 @@ impl RecordGuard {
             outcome: "client_disconnected".into(),
             http_status: 499,
             prompt_tokens_estimate: parsed.route.prompt_tokens,
+            needs: [
+                (parsed.route.needs_tools, "tools"),
+                (parsed.route.needs_vision, "vision"),
+                (parsed.route.needs_json, "json"),
+            ]
+            .iter()
+            .filter(|(needed, _)| *needed)
+            .map(|(_, cap)| cap.to_string())
+            .collect(),
+            max_output_tokens: parsed.route.max_output_tokens,
             prompt: state.config.store.keep_prompts.then_some(transcript),
             prompt_sha256: sha,
             ..Default::default()
@@ -245,6 +291,7 @@ impl RecordGuard {
             record: Some(record),
             store: state.store.clone(),
             t0,
+            reservation: None,
         }
     }
 
@@ -272,6 +319,9 @@ impl RecordGuard {
     async fn finish(mut self, outcome: &str, http_status: u16, error: Option<String>) {
         let Some(mut r) = self.record.take() else { return };
         finalize(&mut r, outcome, http_status, error, self.t0);
+        if let Some(res) = self.reservation.take() {
+            res.settle(&r);
+        }
         self.store.append(r).await;
     }
 }
@@ -296,6 +346,9 @@ impl Drop for RecordGuard {
                 Some("the client closed the connection before the response".into()),
                 self.t0,
             );
+            if let Some(res) = self.reservation.take() {
+                res.settle(&r);
+            }
             self.store.append_detached(r);
         }
     }
@@ -333,18 +386,26 @@ fn error_response(err: ApiError, id: &str, attempts: usize) -> Response {
     resp
 }
 
-pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let t0 = Instant::now();
+    let principal = principal.map_or(crate::auth::Principal::Open, |p| p.0);
     let bytes = match read_body(body, state.config.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let parsed = match parse(&state, &headers, &bytes) {
+    let mut parsed = match parse(&state, &headers, &bytes) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     drop(bytes);
+    principal.restrict(&mut parsed.route);
     let mut guard = RecordGuard::new(&state, &parsed, t0);
+    guard.rec().key_name = principal.name();
     let id = guard.id();
     let (scores, embedding, decision) = score_and_decide(&state, &parsed).await;
     let decision = match decision {
@@ -357,6 +418,15 @@ pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderM
         }
     };
     guard.set_decision(scores, embedding, &decision);
+    match crate::auth::admit(&principal, &state.config, &parsed.route, &decision) {
+        Ok(reservation) => guard.reservation = reservation,
+        Err(refused) => {
+            guard.finish("rejected", 429, Some(refused.error.message.clone())).await;
+            let mut resp = error_response(refused.error.clone(), &id, 0);
+            refused.add_headers(resp.headers_mut());
+            return resp;
+        }
+    }
 
     if parsed.req.is_stream() {
         return stream_response(state, parsed.req, decision, guard, t0).await;
@@ -547,15 +617,23 @@ async fn pump(
 }
 
 /// `POST /v1/route`: the decision Ladder would make, with the numbers behind it.
-pub async fn route_only(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn route_only(
+    State(state): State<SharedState>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let bytes = match read_body(body, state.config.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let parsed = match parse(&state, &headers, &bytes) {
+    let mut parsed = match parse(&state, &headers, &bytes) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    if let Some(p) = principal {
+        p.0.restrict(&mut parsed.route);
+    }
     let (scores, _, decision) = score_and_decide(&state, &parsed).await;
     match decision {
         Ok(d) => axum::Json(route_json(&scores, &d)).into_response(),

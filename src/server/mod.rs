@@ -11,6 +11,7 @@
 
 pub mod chat;
 pub mod decisions;
+pub mod learning;
 
 use crate::classifier::Scorer;
 use crate::config::Config;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub executor: Executor,
     pub store: Store,
     pub scorer: Scorer,
+    /// API keys, the admin key and per-key limits.
+    pub auth: crate::auth::Auth,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -42,11 +45,13 @@ impl AppState {
         let executor = Executor::from_config(config.clone())?;
         let store = Store::open(&config.store.path, config.store.max_batch)?;
         let scorer = Scorer::from_config(&config.classifier, config.routing.min_task_confidence)?;
+        let auth = crate::auth::Auth::from_config(&config)?;
         Ok(AppState {
             config,
             executor,
             store,
             scorer,
+            auth,
         })
     }
 }
@@ -56,12 +61,18 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/route", post(chat::route_only))
         .route("/v1/decisions", get(decisions::list))
+        .route("/v1/decisions/stats", get(learning::stats))
+        .route("/v1/feedback", post(learning::feedback))
+        .route("/v1/replay", post(learning::replay))
+        .route("/v1/admin/reload", post(learning::reload))
         .route("/v1/decisions/{id}", get(decisions::get_one))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
+        // Last, so that it covers every route above (see `crate::auth`).
+        .layer(axum::middleware::from_fn_with_state(state, crate::auth::middleware))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -146,6 +157,7 @@ pub async fn serve(
     };
     let mut rx2 = rx;
     let app = router(state.clone());
+    learning::spawn_sighup_reload(state.clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = rx2.wait_for(|v| *v).await;
         tracing::info!("shutdown requested: no new connections; draining in-flight requests");

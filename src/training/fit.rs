@@ -87,6 +87,8 @@ pub struct Observation {
     pub model: usize,
     pub task: usize,
     pub correct: bool,
+    /// Weight of this observation in the loss (1 for seed data).
+    pub weight: f32,
 }
 
 pub struct IrtFit {
@@ -97,13 +99,20 @@ pub struct IrtFit {
 }
 
 /// Hyper-parameters of [`fit_irt`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct IrtOptions {
     /// Strength of the pull of anchor rows towards difficulty 0.
     pub anchor_weight: f32,
+    /// L2 penalty on the difficulty weights (towards `prior` when given, else towards 0).
     pub l2: f32,
     pub epochs: usize,
     pub lr: f32,
+    /// Start from, and regularise towards, these head weights (fine-tuning from current heads).
+    pub prior: Option<(Array1<f32>, f32)>,
+    /// A fixed per-row term added to the difficulty (the per-task centring of the served heads).
+    pub item_shift: Option<Array1<f32>>,
+    /// Initial abilities `[model][task]` (NaN = start at 0).
+    pub init_abilities: Option<Vec<Vec<f64>>>,
 }
 
 /// Fit difficulty head and abilities. `anchors` are rows softly pulled to difficulty 0.
@@ -113,11 +122,25 @@ pub fn fit_irt(x: &Array2<f32>, obs: &[Observation], n_models: usize, n_tasks: u
         l2,
         epochs,
         lr,
+        prior,
+        item_shift,
+        init_abilities,
     } = opts;
     let (n, d) = x.dim();
-    let mut w = Array1::<f32>::zeros(d);
-    let mut b = 0f32;
+    let (w0, b0) = prior.unwrap_or_else(|| (Array1::<f32>::zeros(d), 0.0));
+    let mut w = w0.clone();
+    let mut b = b0;
+    let shift = item_shift.unwrap_or_else(|| Array1::<f32>::zeros(n));
     let mut a = vec![0f32; n_models * n_tasks];
+    if let Some(init) = &init_abilities {
+        for (m, row) in init.iter().enumerate().take(n_models) {
+            for (t, v) in row.iter().enumerate().take(n_tasks) {
+                if v.is_finite() {
+                    a[m * n_tasks + t] = *v as f32;
+                }
+            }
+        }
+    }
     let mut seen = vec![false; n_models * n_tasks];
     for o in obs {
         seen[o.model * n_tasks + o.task] = true;
@@ -125,24 +148,24 @@ pub fn fit_irt(x: &Array2<f32>, obs: &[Observation], n_models: usize, n_tasks: u
     let mut adam_w = Adam::new(d, lr);
     let mut adam_b = Adam::new(1, lr);
     let mut adam_a = Adam::new(a.len(), lr);
-    let n_obs = obs.len().max(1) as f32;
+    let n_obs = obs.iter().map(|o| o.weight).sum::<f32>().max(1e-9);
     let n_anchor = anchors.len().max(1) as f32;
     for _ in 0..epochs {
-        let diff = x.dot(&w) + b; // n
+        let diff = x.dot(&w) + b + &shift; // n
         let mut g_d = Array1::<f32>::zeros(n);
         let mut g_a = vec![0f32; a.len()];
         for o in obs {
             let ai = o.model * n_tasks + o.task;
             let z = a[ai] - diff[o.item];
             let p = 1.0 / (1.0 + (-z).exp());
-            let g = (p - if o.correct { 1.0 } else { 0.0 }) / n_obs;
+            let g = o.weight * (p - if o.correct { 1.0 } else { 0.0 }) / n_obs;
             g_a[ai] += g;
             g_d[o.item] -= g;
         }
         for &r in anchors {
             g_d[r] += anchor_weight * 2.0 * diff[r] / n_anchor;
         }
-        let gw = x.t().dot(&g_d) + &(&w * (2.0 * l2));
+        let gw = x.t().dot(&g_d) + &((&w - &w0) * (2.0 * l2));
         let gb = g_d.sum();
         adam_w.step(w.iter_mut(), gw.iter().cloned());
         adam_b.step(std::iter::once(&mut b), std::iter::once(gb));
@@ -228,20 +251,22 @@ mod tests {
                 model: 0,
                 task: 0,
                 correct: !hard,
+                weight: 1.0,
             });
             obs.push(Observation {
                 item: i,
                 model: 1,
                 task: 0,
                 correct: true,
+                weight: 1.0,
             });
         }
         let x = Array2::from_shape_vec((40, 2), rows).unwrap();
         let opts = IrtOptions {
-            anchor_weight: 0.0,
             l2: 1e-4,
             epochs: 800,
             lr: 0.05,
+            ..Default::default()
         };
         let fit = fit_irt(&x, &obs, 2, 1, &[], opts);
         let d_hard = fit.w[0] + fit.w[1] + fit.b;

@@ -9,6 +9,7 @@
 pub mod data;
 pub mod eval;
 pub mod fit;
+pub mod from_log;
 
 use crate::classifier::encoder::{Encoder, FEATURE_DIM};
 use crate::classifier::heads::{Heads, HeadsStore, Manifest};
@@ -252,6 +253,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
                 model,
                 task,
                 correct: *correct,
+                weight: 1.0,
             });
         }
     }
@@ -267,6 +269,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
         l2: 1e-3,
         epochs: 1500,
         lr: 0.01,
+        ..Default::default()
     };
     let irt = fit::fit_irt(&x_all, &obs, model_names.len(), Task::COUNT, &anchor_rows, irt_opts);
 
@@ -379,7 +382,9 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Heads> {
         diff_b: irt.b,
         centroids,
         offsets: Task::ALL.iter().map(|t| offsets[t.as_str()]).collect(),
+        abilities: Default::default(),
     };
+    heads.abilities = std::sync::Arc::new(heads.manifest.abilities.clone());
 
     // Held-out metrics.
     let report = evaluate_heads(&heads, &encoder, &mut cache, &opts.data, opts.max_tokens)?;

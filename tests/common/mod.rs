@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// How long a process may take to answer `GET /healthz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The admin key every router under test gets (`LADDER_ADMIN_KEY`); [`client`] sends it.
+pub const ADMIN_KEY: &str = "lk-test-admin-key-0123456789abcdef0123456789abcdef";
+
 /// The upstream model ids (scenario keys) behind the catalogue.
 pub const UP_CHEAP: &str = "fake-cheap";
 pub const UP_MID: &str = "fake-mid";
@@ -63,6 +66,14 @@ pub struct Opts {
     pub shutdown_grace_ms: u64,
     /// Scenario TOML the fake provider starts with.
     pub scenario: String,
+    /// `[auth] enabled` (the router always gets [`ADMIN_KEY`] as its admin key).
+    pub auth: bool,
+    /// `[auth] refresh_ms`.
+    pub auth_refresh_ms: u64,
+    /// `api_key_env` of the two fake providers.
+    pub provider_key_env: Option<&'static str>,
+    /// Extra environment variables for the router process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -122,6 +133,10 @@ impl Default for Opts {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
             scenario: "seed = 1\n".into(),
+            auth: true,
+            auth_refresh_ms: 5_000,
+            provider_key_env: None,
+            env: Vec::new(),
         }
     }
 }
@@ -170,16 +185,20 @@ max_retry_after_ms = {max_retry_after}
 failure_threshold = {threshold}
 cooldown_ms = {cooldown}
 
+[auth]
+enabled = {auth}
+refresh_ms = {auth_refresh}
+
 [[providers]]
 name = "fake-openai"
 kind = "openai"
 base_url = "http://127.0.0.1:{fake_port}/v1"
-
+{key_env}
 [[providers]]
 name = "fake-anthropic"
 kind = "anthropic"
 base_url = "http://127.0.0.1:{fake_port}/v1"
-
+{key_env}
 # Nothing listens here: connection refused.
 [[providers]]
 name = "dead"
@@ -200,6 +219,12 @@ base_url = "http://127.0.0.1:{dead_port}/v1"
             max_retry_after = self.max_retry_after_ms,
             threshold = self.failure_threshold,
             cooldown = self.cooldown_ms,
+            auth = self.auth,
+            auth_refresh = self.auth_refresh_ms,
+            key_env = self
+                .provider_key_env
+                .map(|v| format!("api_key_env = \"{v}\"\n"))
+                .unwrap_or_default(),
         );
         for m in &self.models {
             let caps: Vec<String> = m.capabilities.iter().map(|c| format!("\"{c}\"")).collect();
@@ -244,13 +269,15 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, dir: &Path, args: &[String]) -> Proc {
+    fn spawn(name: &'static str, dir: &Path, args: &[String], env: &[(String, String)]) -> Proc {
         let stdout = dir.join(format!("{name}.stdout.log"));
         let stderr = dir.join(format!("{name}.stderr.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_ladder"))
             .args(args)
             .current_dir(dir)
             .env("LADDER_LOG", "ladder=debug,warn")
+            .env("LADDER_ADMIN_KEY", ADMIN_KEY)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
             .env_remove("ALL_PROXY")
@@ -322,8 +349,23 @@ impl Drop for Proc {
     }
 }
 
-/// The HTTP client the tests use (no proxies, bounded time).
+/// The HTTP client the tests use (no proxies, bounded time), authenticated with [`ADMIN_KEY`].
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_KEY}")).expect("header"),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+/// A client that sends no credentials.
+pub fn bare_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -351,16 +393,17 @@ async fn wait_healthy(http: &reqwest::Client, proc_: &mut Proc, url: &str) -> Re
 
 /// Spawn a process on a fresh port and wait until it is healthy; retries with another port when
 /// the first one was taken in the meantime (another test may grab a just-released port).
-async fn start_on_free_port(
+pub async fn start_on_free_port(
     http: &reqwest::Client,
     dir: &Path,
     name: &'static str,
+    env: &[(String, String)],
     mut args_for: impl FnMut(u16) -> Vec<String>,
 ) -> (Proc, u16) {
     let mut last = String::new();
     for _ in 0..3 {
         let port = free_port();
-        let mut p = Proc::spawn(name, dir, &args_for(port));
+        let mut p = Proc::spawn(name, dir, &args_for(port), env);
         match wait_healthy(http, &mut p, &format!("http://127.0.0.1:{port}")).await {
             Ok(()) => return (p, port),
             Err(e) => {
@@ -385,6 +428,10 @@ pub struct Gateway {
     pub url: String,
     pub db_path: PathBuf,
     pub http: reqwest::Client,
+    /// The router's config file (for `ladder keys` and restarts).
+    pub config_path: PathBuf,
+    /// The router's extra environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -399,7 +446,7 @@ impl Gateway {
 
         let scenario_path = dir.join("scenario.toml");
         std::fs::write(&scenario_path, &opts.scenario).expect("write scenario");
-        let (fake, fake_port) = start_on_free_port(&http, &dir, "fake-provider", |port| {
+        let (fake, fake_port) = start_on_free_port(&http, &dir, "fake-provider", &[], |port| {
             vec![
                 "fake-provider".into(),
                 "--listen".into(),
@@ -413,7 +460,7 @@ impl Gateway {
         let db_path = dir.join("decisions.db");
         let config_path = dir.join("ladder.toml");
         let dead_port = free_port();
-        let (ladder, port) = start_on_free_port(&http, &dir, "ladder", |port| {
+        let (ladder, port) = start_on_free_port(&http, &dir, "ladder", &opts.env, |port| {
             std::fs::write(&config_path, opts.render(port, fake_port, dead_port, &db_path)).expect("write config");
             vec!["serve".into(), "--config".into(), config_path.display().to_string()]
         })
@@ -427,7 +474,66 @@ impl Gateway {
             url: format!("http://127.0.0.1:{port}"),
             db_path,
             http,
+            config_path,
+            env: opts.env.clone(),
         }
+    }
+
+    /// Run `ladder keys ARGS --config <this router's config>` to completion.
+    pub fn keys_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_ladder"))
+            .arg("keys")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ladder keys")
+    }
+
+    /// `ladder keys create --name NAME EXTRA...`; returns the printed key.
+    pub fn create_key(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["create", "--name", name];
+        args.extend_from_slice(extra);
+        let out = self.keys_cli(&args);
+        assert!(
+            out.status.success(),
+            "ladder keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+    }
+
+    /// `kill -9` the router and wait for it to be gone.
+    pub async fn kill9_ladder(&mut self) {
+        let _ = self.ladder.child.kill();
+        assert!(self.ladder.wait_exit(Duration::from_secs(10)).await.is_some(), "ladder did not die");
+    }
+
+    /// Start a new router on the same config and database (after [`Gateway::kill9_ladder`] or an
+    /// exit), on a new port; `url` follows it. Its logs go to `ladder-N.*.log`.
+    pub async fn restart_ladder(&mut self) {
+        if self.ladder.try_exit().is_none() {
+            self.kill9_ladder().await;
+        }
+        let old = std::mem::replace(&mut self.ladder.stdout, PathBuf::new());
+        let n = (1..).find(|i| !self.dir.join(format!("ladder-{i}.stdout.log")).exists()).unwrap();
+        let _ = std::fs::rename(&old, self.dir.join(format!("ladder-{n}.stdout.log")));
+        let _ = std::fs::rename(&self.ladder.stderr, self.dir.join(format!("ladder-{n}.stderr.log")));
+        let config = self.config_path.display().to_string();
+        let (ladder, port) = start_on_free_port(&self.http, &self.dir, "ladder", &self.env, |port| {
+            vec![
+                "serve".into(),
+                "--config".into(),
+                config.clone(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ]
+        })
+        .await;
+        self.ladder = ladder;
+        self.url = format!("http://127.0.0.1:{port}");
     }
 
     /// `POST /v1/chat/completions` (non-streaming or not: the body decides), read whole.

@@ -2,13 +2,14 @@
 
 Run by tests/openai_sdk.rs with the base URL of a running Ladder; exits non-zero on any failure.
 """
+import os
 import sys
 
 import openai
 from openai import OpenAI
 
 base_url = sys.argv[1]
-client = OpenAI(base_url=base_url, api_key="unused-by-ladder-demo")
+client = OpenAI(base_url=base_url, api_key=os.environ.get("LADDER_API_KEY", "unused-by-ladder-demo"))
 
 # Plain call, routed by Ladder (`auto`), read with the SDK's typed objects.
 raw = client.chat.completions.with_raw_response.create(
