@@ -33,22 +33,41 @@ pub struct Parsed {
     pub route: RouteRequest,
 }
 
+/// After deciding on a 413, keep reading (and discarding) up to this much of the body, for at
+/// most [`DRAIN_MAX_TIME`], so that a client still uploading reads the 413 instead of a reset.
+const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
 /// Read the body with the configured limit: 413 past it.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large =
-            std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) || e.to_string().contains("length limit");
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                format!("request body exceeds the limit of {limit} bytes (server.max_body_bytes)"),
-            )
-        } else {
-            ApiError::invalid_request("invalid_body", format!("could not read the request body: {e}"))
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body exceeds the limit of {limit} bytes (server.max_body_bytes)"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid_request("invalid_body", format!("could not read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            drop(buf);
+            let mut drained = 0usize;
+            let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+                while drained < DRAIN_MAX_BYTES
+                    && let Some(Ok(c)) = stream.next().await
+                {
+                    drained += c.len();
+                }
+            })
+            .await;
+            return Err(too_large());
         }
-    })
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// A body declared as something other than JSON is refused (415); no content type is accepted.

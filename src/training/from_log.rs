@@ -77,8 +77,12 @@ pub fn log_examples(records: &[DecisionRecord], feedback: &[Feedback]) -> (Vec<L
         ..Default::default()
     };
     let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    let step = (records.len() / 100).max(1);
     for (i, r) in records.iter().enumerate() {
-        super::progress("reading the log", i + 1, records.len(), 1.0);
+        if (i + 1) % step == 0 || i + 1 == records.len() {
+            super::progress("reading the log", i + 1, records.len(), started.elapsed().as_secs_f64());
+        }
         let (Some(features), Some(task)) = (&r.embedding, r.task.as_deref().and_then(|t| t.parse::<Task>().ok())) else {
             summary.without_features += 1;
             continue;
