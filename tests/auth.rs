@@ -132,7 +132,12 @@ async fn keys_are_required_scoped_and_revocable() {
     assert!(!rec.to_string().contains(&key));
 
     // Read endpoints need the admin key: a virtual key gets 403, the admin key 200.
-    for path in ["/v1/decisions", &format!("/v1/decisions/{id}"), "/v1/admin/reload", "/v1/admin/anything"] {
+    for path in [
+        "/v1/decisions",
+        &format!("/v1/decisions/{id}"),
+        "/v1/admin/reload",
+        "/v1/admin/anything",
+    ] {
         let r = get_as(&gw, Some(&key), path).await;
         assert_eq!(r.status, 403, "{path}: {}", r.text);
         assert_eq!(r.api_error().1, "admin_key_required");
@@ -146,7 +151,9 @@ async fn keys_are_required_scoped_and_revocable() {
 
     // Only the SHA-256 is stored.
     let (hash, prefix): (String, String) = db(&gw)
-        .query_row("SELECT key_sha256, key_prefix FROM keys WHERE name = 'app'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT key_sha256, key_prefix FROM keys WHERE name = 'app'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(hash, hex::encode(sha2::Sha256::digest(key.as_bytes())));
     assert!(key.starts_with(&prefix) && prefix.len() < 12);
@@ -157,7 +164,10 @@ async fn keys_are_required_scoped_and_revocable() {
     // list shows it (not the key); the CLI refuses duplicates, the reserved name, unknown models.
     let out = gw.keys_cli(&["list"]);
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && listing.contains("app") && listing.contains("active"), "{listing}");
+    assert!(
+        out.status.success() && listing.contains("app") && listing.contains("active"),
+        "{listing}"
+    );
     assert!(!listing.contains(&key));
     let out = gw.keys_cli(&["list", "--json"]);
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -192,7 +202,11 @@ async fn keys_are_required_scoped_and_revocable() {
         assert!(t0.elapsed() < Duration::from_secs(5), "revocation not applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(chat_as(&gw, &other, &req("auto", PROMPT)).await.status, 200, "other keys unaffected");
+    assert_eq!(
+        chat_as(&gw, &other, &req("auto", PROMPT)).await.status,
+        200,
+        "other keys unaffected"
+    );
     let out = gw.keys_cli(&["list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
 }
@@ -291,7 +305,10 @@ async fn tpm_counts_estimated_then_actual_tokens() {
         }
     }
     let r = refused.expect("the tpm limit never triggered");
-    assert!(ok >= 2, "settling with actual usage should leave room for more than one request ({ok})");
+    assert!(
+        ok >= 2,
+        "settling with actual usage should leave room for more than one request ({ok})"
+    );
     let (kind, code, _) = r.api_error();
     assert_eq!((kind.as_str(), code.as_str()), ("tokens", "rate_limit_exceeded"));
     assert!(r.header("retry-after").is_some());
@@ -488,7 +505,10 @@ async fn provider_keys_never_leak() {
     // Logs (debug level) and every database file.
     let logs = gw.ladder.logs();
     assert!(!logs.contains(&secret), "the provider key leaked into the logs");
-    assert!(!logs.contains(&vkey) && !logs.contains(ADMIN_KEY), "a client key leaked into the logs");
+    assert!(
+        !logs.contains(&vkey) && !logs.contains(ADMIN_KEY),
+        "a client key leaked into the logs"
+    );
     for ext in ["db", "db-wal", "db-shm"] {
         let bytes = std::fs::read(gw.db_path.with_extension(ext)).unwrap_or_default();
         assert!(!contains(&bytes, secret.as_bytes()), "the provider key is in decisions.{ext}");

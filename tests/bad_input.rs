@@ -70,7 +70,12 @@ fn corpus() -> Vec<Case> {
         case("truncated JSON", &b"{\"model\": \"auto\", \"messages\": ["[..], 400, schema),
         case("empty body", Vec::new(), 400, schema),
         case("garbage", &b"\x00\x01\x02 not json"[..], 400, schema),
-        case("trailing garbage", &b"{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]} xyz"[..], 400, schema),
+        case(
+            "trailing garbage",
+            &b"{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]} xyz"[..],
+            400,
+            schema,
+        ),
         case("array body", &b"[]"[..], 400, schema),
         case("string body", &b"\"hello\""[..], 400, schema),
         case("null body", &b"null"[..], 400, schema),
@@ -81,7 +86,12 @@ fn corpus() -> Vec<Case> {
             400,
             schema,
         ),
-        case("lone surrogate escape", &br#"{"model":"auto","messages":[{"role":"user","content":"\ud800"}]}"#[..], 400, schema),
+        case(
+            "lone surrogate escape",
+            &br#"{"model":"auto","messages":[{"role":"user","content":"\ud800"}]}"#[..],
+            400,
+            schema,
+        ),
         case(
             "duplicate keys",
             &br#"{"model":"auto","model":"auto","messages":[{"role":"user","content":"x"}]}"#[..],
@@ -91,34 +101,88 @@ fn corpus() -> Vec<Case> {
         // Wrong types.
         json_case("model is a number", with(ok_body(), "model", json!(42)), 400, schema),
         json_case("messages is a string", with(ok_body(), "messages", json!("hi")), 400, schema),
-        json_case("messages is an object", with(ok_body(), "messages", json!({"role": "user"})), 400, schema),
-        json_case("content is a number", with(ok_body(), "messages", json!([{"role": "user", "content": 42}])), 400, schema),
-        json_case("content part without type", with(ok_body(), "messages", json!([{"role": "user", "content": [{"text": "x"}]}])), 400, schema),
-        json_case("unknown role", with(ok_body(), "messages", json!([{"role": "wizard", "content": "x"}])), 400, schema),
+        json_case(
+            "messages is an object",
+            with(ok_body(), "messages", json!({"role": "user"})),
+            400,
+            schema,
+        ),
+        json_case(
+            "content is a number",
+            with(ok_body(), "messages", json!([{"role": "user", "content": 42}])),
+            400,
+            schema,
+        ),
+        json_case(
+            "content part without type",
+            with(ok_body(), "messages", json!([{"role": "user", "content": [{"text": "x"}]}])),
+            400,
+            schema,
+        ),
+        json_case(
+            "unknown role",
+            with(ok_body(), "messages", json!([{"role": "wizard", "content": "x"}])),
+            400,
+            schema,
+        ),
         json_case("message is a string", with(ok_body(), "messages", json!(["hello"])), 400, schema),
         json_case("stream is a string", with(ok_body(), "stream", json!("yes")), 400, schema),
         json_case("temperature is a string", with(ok_body(), "temperature", json!("hot")), 400, schema),
         json_case("tools is an object", with(ok_body(), "tools", json!({"a": 1})), 400, schema),
-        json_case("stream_options is a list", with(ok_body(), "stream_options", json!([1])), 400, schema),
-        json_case("response_format is a string", with(ok_body(), "response_format", json!("json")), 400, schema),
+        json_case(
+            "stream_options is a list",
+            with(ok_body(), "stream_options", json!([1])),
+            400,
+            schema,
+        ),
+        json_case(
+            "response_format is a string",
+            with(ok_body(), "response_format", json!("json")),
+            400,
+            schema,
+        ),
         // Missing or empty fields.
         json_case("no model", json!({"messages": [{"role": "user", "content": "x"}]}), 400, schema),
         json_case("no messages", json!({"model": "auto"}), 400, schema),
-        json_case("message without role", with(ok_body(), "messages", json!([{"content": "x"}])), 400, schema),
+        json_case(
+            "message without role",
+            with(ok_body(), "messages", json!([{"content": "x"}])),
+            400,
+            schema,
+        ),
         json_case("empty model", with(ok_body(), "model", json!("  ")), 400, "missing_model"),
         json_case("empty messages", with(ok_body(), "messages", json!([])), 400, "empty_messages"),
-        json_case("user without content", with(ok_body(), "messages", json!([{"role": "user"}])), 400, "missing_content"),
-        json_case("system content null", with(ok_body(), "messages", json!([{"role": "system", "content": null}])), 400, "missing_content"),
+        json_case(
+            "user without content",
+            with(ok_body(), "messages", json!([{"role": "user"}])),
+            400,
+            "missing_content",
+        ),
+        json_case(
+            "system content null",
+            with(ok_body(), "messages", json!([{"role": "system", "content": null}])),
+            400,
+            "missing_content",
+        ),
         json_case(
             "tool message without tool_call_id",
-            with(ok_body(), "messages", json!([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}])),
+            with(
+                ok_body(),
+                "messages",
+                json!([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]),
+            ),
             400,
             "missing_tool_call_id",
         ),
         // Limits.
         json_case("max_tokens negative", with(ok_body(), "max_tokens", json!(-1)), 400, schema),
         json_case("max_tokens zero", with(ok_body(), "max_tokens", json!(0)), 400, inv),
-        json_case("max_tokens absurd", with(ok_body(), "max_tokens", json!(1_000_000_000_000u64)), 400, inv),
+        json_case(
+            "max_tokens absurd",
+            with(ok_body(), "max_tokens", json!(1_000_000_000_000u64)),
+            400,
+            inv,
+        ),
         json_case("max_tokens fractional", with(ok_body(), "max_tokens", json!(1.5)), 400, schema),
         case(
             "max_tokens past u64",
@@ -126,7 +190,12 @@ fn corpus() -> Vec<Case> {
             400,
             schema,
         ),
-        json_case("max_completion_tokens absurd", with(ok_body(), "max_completion_tokens", json!(u64::MAX)), 400, inv),
+        json_case(
+            "max_completion_tokens absurd",
+            with(ok_body(), "max_completion_tokens", json!(u64::MAX)),
+            400,
+            inv,
+        ),
         json_case("temperature too high", with(ok_body(), "temperature", json!(5)), 400, inv),
         json_case("temperature negative", with(ok_body(), "temperature", json!(-0.1)), 400, inv),
         json_case("top_p over 1", with(ok_body(), "top_p", json!(1.5)), 400, inv),
@@ -136,23 +205,63 @@ fn corpus() -> Vec<Case> {
             400,
             schema,
         ),
-        json_case("unknown response_format", with(ok_body(), "response_format", json!({"type": "xml"})), 400, inv),
+        json_case(
+            "unknown response_format",
+            with(ok_body(), "response_format", json!({"type": "xml"})),
+            400,
+            inv,
+        ),
         // Unknown model and task.
         json_case("unknown model", with(ok_body(), "model", json!("gpt-9")), 404, "model_not_found"),
-        json_case("unknown task hint", with(ok_body(), "ladder", json!({"task": "poetry"})), 400, "invalid_task"),
+        json_case(
+            "unknown task hint",
+            with(ok_body(), "ladder", json!({"task": "poetry"})),
+            400,
+            "invalid_task",
+        ),
         // Bad hints.
         json_case("hints not an object", with(ok_body(), "ladder", json!("fast")), 400, schema),
-        json_case("unknown hint field", with(ok_body(), "ladder", json!({"speed": "fast"})), 400, schema),
+        json_case(
+            "unknown hint field",
+            with(ok_body(), "ladder", json!({"speed": "fast"})),
+            400,
+            schema,
+        ),
         json_case("task hint a number", with(ok_body(), "ladder", json!({"task": 3})), 400, schema),
-        json_case("max_cost_usd negative", with(ok_body(), "ladder", json!({"max_cost_usd": -1})), 400, inv),
+        json_case(
+            "max_cost_usd negative",
+            with(ok_body(), "ladder", json!({"max_cost_usd": -1})),
+            400,
+            inv,
+        ),
         json_case("max_cost_usd zero", with(ok_body(), "ladder", json!({"max_cost_usd": 0})), 400, inv),
-        json_case("max_cost_usd a string", with(ok_body(), "ladder", json!({"max_cost_usd": "1"})), 400, schema),
+        json_case(
+            "max_cost_usd a string",
+            with(ok_body(), "ladder", json!({"max_cost_usd": "1"})),
+            400,
+            schema,
+        ),
         json_case("min_quality 1.5", with(ok_body(), "ladder", json!({"min_quality": 1.5})), 400, inv),
         json_case("min_quality 0", with(ok_body(), "ladder", json!({"min_quality": 0})), 400, inv),
         json_case("models empty", with(ok_body(), "ladder", json!({"models": []})), 400, inv),
-        json_case("models unknown", with(ok_body(), "ladder", json!({"models": ["gpt-9"]})), 400, "model_not_found"),
-        json_case("models not a list", with(ok_body(), "ladder", json!({"models": "cheap"})), 400, schema),
-        json_case("max cost under every model", with(ok_body(), "ladder", json!({"max_cost_usd": 1e-12})), 400, "no_eligible_model"),
+        json_case(
+            "models unknown",
+            with(ok_body(), "ladder", json!({"models": ["gpt-9"]})),
+            400,
+            "model_not_found",
+        ),
+        json_case(
+            "models not a list",
+            with(ok_body(), "ladder", json!({"models": "cheap"})),
+            400,
+            schema,
+        ),
+        json_case(
+            "max cost under every model",
+            with(ok_body(), "ladder", json!({"max_cost_usd": 1e-12})),
+            400,
+            "no_eligible_model",
+        ),
         // Wrong content types (the body itself is fine).
         Case {
             content_type: "text/plain",
@@ -182,13 +291,28 @@ fn corpus() -> Vec<Case> {
     c.push(case("100k nested objects", nested("{\"a\":", "}", deep, "1"), 400, schema));
     for (field, wrap) in [
         ("content", "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":"),
-        ("an unknown field", "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"extra\":"),
-        ("tools", "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":"),
-        ("a message field", "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"meta\":"),
+        (
+            "an unknown field",
+            "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"extra\":",
+        ),
+        (
+            "tools",
+            "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":",
+        ),
+        (
+            "a message field",
+            "{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"meta\":",
+        ),
     ] {
         let mut body = wrap.to_string();
         body.push_str(&nested("[", "]", deep, ""));
-        body.push_str(if field == "a message field" { "}]}" } else if field == "content" { "}]}" } else { "}" });
+        body.push_str(if field == "a message field" {
+            "}]}"
+        } else if field == "content" {
+            "}]}"
+        } else {
+            "}"
+        });
         c.push(case(&format!("100k nested arrays in {field}"), body, 400, schema));
     }
     // Nesting just under the limit is fine JSON and must not crash either (any 4xx or a 200).
@@ -241,7 +365,9 @@ async fn bad_requests_get_4xx_in_openai_shape_and_the_server_stays_healthy() {
     }
     // Streaming requests go through the same checks.
     for c in corpus().into_iter().filter(|c| c.json && c.content_type == "application/json") {
-        let Ok(mut v) = serde_json::from_slice::<Value>(&c.body) else { continue };
+        let Ok(mut v) = serde_json::from_slice::<Value>(&c.body) else {
+            continue;
+        };
         if !v.is_object() || v.get("stream").is_some() {
             continue;
         }

@@ -411,6 +411,24 @@ async fn reload_under_load_fails_no_request_and_rollback_restores_a_version() {
     assert!(listing.contains(&format!("* {original}")), "{listing}");
     let (s, _) = rig.post("/v1/admin/reload", json!({})).await;
     assert_eq!(s, 200);
+    // SIGHUP reloads too.
+    let out = rig.ladder(&["heads", "rollback", &other, "--heads-dir", &heads]);
+    assert!(out.status.success());
+    let hup = Command::new("kill")
+        .args(["-HUP", &rig._ladder.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let h = rig.get("/healthz").await;
+        if h["classifier"]["heads_version"] == json!(other) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "SIGHUP did not reload the heads");
     let out = rig.ladder(&["heads", "rollback", "no-such-version", "--heads-dir", &heads]);
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&rig.dir);
