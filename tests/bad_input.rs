@@ -306,9 +306,7 @@ fn corpus() -> Vec<Case> {
     ] {
         let mut body = wrap.to_string();
         body.push_str(&nested("[", "]", deep, ""));
-        body.push_str(if field == "a message field" {
-            "}]}"
-        } else if field == "content" {
+        body.push_str(if matches!(field, "content" | "a message field") {
             "}]}"
         } else {
             "}"
@@ -390,15 +388,11 @@ async fn bad_requests_get_4xx_in_openai_shape_and_the_server_stays_healthy() {
 }
 
 async fn assert_healthy(gw: &Gateway) {
-    let mut gw_ladder_alive = true;
-    if let Some(s) = std::process::Command::new("kill")
+    let alive = std::process::Command::new("kill")
         .args(["-0", &gw.ladder.pid().to_string()])
         .status()
-        .ok()
-    {
-        gw_ladder_alive = s.success();
-    }
-    assert!(gw_ladder_alive, "ladder died");
+        .is_ok_and(|s| s.success());
+    assert!(alive, "ladder died");
     assert_eq!(gw.get("/healthz").await.status, 200);
     let r = gw.chat(&ok_body()).await;
     assert_eq!(r.status, 200, "{}", r.text);

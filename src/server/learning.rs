@@ -98,7 +98,10 @@ pub async fn stats(State(state): State<SharedState>, Query(p): Query<StatsParams
     if let Some(u) = until {
         records.retain(|r| r.ts_ms < u);
     }
-    let s = analytics::stats(&state.config, &records, group_by);
+    let config = state.config.clone();
+    let s = tokio::task::spawn_blocking(move || analytics::stats(&config, &records, group_by))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(serde_json::to_value(s).map_err(|e| ApiError::internal(e.to_string()))?))
 }
 
