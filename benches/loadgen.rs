@@ -128,7 +128,10 @@ fn load_words(args: &Args) -> anyhow::Result<Vec<String>> {
 
 /// Check that generated prompts have the advertised token count.
 fn check_tokens(args: &Args, prompts: &Prompts) -> anyhow::Result<()> {
-    let tok = tokenizers::Tokenizer::from_file(args.model_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tok = tokenizers::Tokenizer::from_file(args.model_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The shipped tokenizer.json pads and truncates to 128.
+    tok.with_padding(None);
+    tok.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     for i in 0..20 {
         let n = tok
             .encode(prompts.text(i), false)

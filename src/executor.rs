@@ -124,6 +124,13 @@ pub struct Executor {
     pub breakers: Breakers,
 }
 
+/// What [`Executor::gate`] allows.
+enum Gate {
+    Go { now: Instant, budget: Duration, started_ms: u64 },
+    Skip,
+    Deadline,
+}
+
 enum AttemptResult<T> {
     Ok(T),
     Failed(ProviderError),
@@ -170,19 +177,11 @@ impl Executor {
             let Some((model, provider)) = self.model(name) else { continue };
             let mut tries = 0u32;
             loop {
-                if let Err(why) = self.breakers.allow(name) {
-                    attempts.push(skip(model, "circuit_open", why, t0));
-                    break;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    attempts.push(skip(model, "deadline", "the chain's overall deadline passed".into(), t0));
-                    return Err(self.exhausted(attempts, last_error, true));
-                }
-                let budget = deadline
-                    .saturating_duration_since(now)
-                    .min(Duration::from_millis(self.config.timeouts.attempt_ms));
-                let started_ms = t0.elapsed().as_millis() as u64;
+                let (now, budget, started_ms) = match self.gate(model, attempts, t0, deadline, self.config.timeouts.attempt_ms) {
+                    Gate::Go { now, budget, started_ms } => (now, budget, started_ms),
+                    Gate::Skip => break,
+                    Gate::Deadline => return Err(self.exhausted(attempts, last_error, true)),
+                };
                 let result = match tokio::time::timeout(budget, provider.complete(req, model)).await {
                     Ok(Ok(c)) => AttemptResult::Ok(c),
                     Ok(Err(e)) => AttemptResult::Failed(e),
@@ -289,19 +288,11 @@ impl Executor {
             let Some((model, provider)) = self.model(name) else { continue };
             let mut tries = 0u32;
             loop {
-                if let Err(why) = self.breakers.allow(name) {
-                    attempts.push(skip(model, "circuit_open", why, t0));
-                    break;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    attempts.push(skip(model, "deadline", "the chain's overall deadline passed".into(), t0));
-                    return Err(self.exhausted(attempts, last_error, true));
-                }
-                let budget = deadline
-                    .saturating_duration_since(now)
-                    .min(Duration::from_millis(self.config.timeouts.first_byte_ms));
-                let started_ms = t0.elapsed().as_millis() as u64;
+                let (now, budget, started_ms) = match self.gate(model, attempts, t0, deadline, self.config.timeouts.first_byte_ms) {
+                    Gate::Go { now, budget, started_ms } => (now, budget, started_ms),
+                    Gate::Skip => break,
+                    Gate::Deadline => return Err(self.exhausted(attempts, last_error, true)),
+                };
                 let result = tokio::time::timeout(budget, first_output(provider, req, model)).await;
                 let latency_ms = now.elapsed().as_millis() as u64;
                 let err = match result {
@@ -365,6 +356,26 @@ impl Executor {
             }
         }
         Err(self.exhausted(attempts, last_error, false))
+    }
+
+    /// Before an attempt on `model`: skip it when its breaker is open (recorded), stop when the
+    /// chain's deadline has passed (recorded), else the time budget for the attempt.
+    fn gate(&self, model: &ModelConfig, attempts: &mut Vec<Attempt>, t0: Instant, deadline: Instant, limit_ms: u64) -> Gate {
+        if let Err(why) = self.breakers.allow(&model.name) {
+            attempts.push(skip(model, "circuit_open", why, t0));
+            return Gate::Skip;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            attempts.push(skip(model, "deadline", "the chain's overall deadline passed".into(), t0));
+            return Gate::Deadline;
+        }
+        let budget = deadline.saturating_duration_since(now).min(Duration::from_millis(limit_ms));
+        Gate::Go {
+            now,
+            budget,
+            started_ms: t0.elapsed().as_millis() as u64,
+        }
     }
 
     /// Cost of a finished streamed attempt, from its usage.

@@ -13,11 +13,10 @@
 //! `content_block_delta`, `message_delta`, `message_stop`, `error`, `ping`) become
 //! `chat.completion.chunk`s. A stream that ends before `message_stop` is an error.
 
-use super::sse::SseParser;
-use super::{ChunkStream, ProviderError, classify_reqwest, is_content_type, read_body_limited, status_error};
+use super::sse::{SseEvent, SseTranslator};
+use super::{ChunkStream, ProviderError, classify_reqwest, expect_content_type, read_body_limited, status_error};
 use crate::config::ModelConfig;
 use crate::wire::{ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta, ResponseMessage, Role, Usage, unix_now};
-use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 
@@ -57,9 +56,7 @@ impl AnthropicProvider {
 
     pub async fn complete(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChatCompletion, ProviderError> {
         let resp = self.send(&translate_request(req, model, false)).await?;
-        if !is_content_type(&resp, "application/json") {
-            return Err(ProviderError::Malformed("expected application/json from the Messages API".into()));
-        }
+        expect_content_type(&resp, "application/json")?;
         let bytes = read_body_limited(resp, super::MAX_RESPONSE_BYTES).await?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Malformed(format!("invalid message JSON: {e}")))?;
         translate_response(&v, &model.name)
@@ -67,9 +64,7 @@ impl AnthropicProvider {
 
     pub async fn stream(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChunkStream, ProviderError> {
         let resp = self.send(&translate_request(req, model, true)).await?;
-        if !is_content_type(&resp, "text/event-stream") {
-            return Err(ProviderError::Malformed("expected text/event-stream from the Messages API".into()));
-        }
+        expect_content_type(&resp, "text/event-stream")?;
         Ok(event_stream(resp, model.name.clone()))
     }
 }
@@ -279,9 +274,8 @@ pub fn translate_response(v: &Value, model_name: &str) -> Result<ChatCompletion,
     })
 }
 
+/// Translation state of one Anthropic stream.
 struct StreamState {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    parser: SseParser,
     ready: VecDeque<Result<ChatChunk, ProviderError>>,
     done: bool,
     id: String,
@@ -410,10 +404,32 @@ impl StreamState {
     }
 }
 
+impl SseTranslator for StreamState {
+    const TERMINATOR: &'static str = "message_stop";
+
+    fn on_event(&mut self, ev: &SseEvent, out: &mut VecDeque<Result<ChatChunk, ProviderError>>) -> bool {
+        StreamState::on_event(self, ev.event.as_deref(), &ev.data);
+        out.append(&mut self.ready);
+        self.done
+    }
+}
+
+/// Translate a whole Messages SSE body, given as the chunks it arrived in, without a network
+/// (tests and fuzzing; same state machine as a live stream).
+pub fn translate_sse_chunks(chunks: &[&[u8]], model: &str) -> Vec<Result<ChatChunk, ProviderError>> {
+    let state = StreamState {
+        ready: VecDeque::new(),
+        done: false,
+        id: "chatcmpl-anthropic".into(),
+        model: model.to_string(),
+        input_tokens: 0,
+        tool_index: Default::default(),
+    };
+    super::offline::drive(chunks, state)
+}
+
 fn event_stream(resp: reqwest::Response, model: String) -> ChunkStream {
     let state = StreamState {
-        body: resp.bytes_stream().boxed(),
-        parser: SseParser::new(),
         ready: VecDeque::new(),
         done: false,
         id: "chatcmpl-anthropic".into(),
@@ -421,39 +437,7 @@ fn event_stream(resp: reqwest::Response, model: String) -> ChunkStream {
         input_tokens: 0,
         tool_index: Default::default(),
     };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.ready.pop_front() {
-                if item.is_err() {
-                    st.done = true;
-                    st.ready.clear();
-                }
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.body.next().await {
-                Some(Ok(bytes)) => {
-                    for ev in st.parser.push(&bytes) {
-                        st.on_event(ev.event.as_deref(), &ev.data);
-                    }
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Stream(format!("connection broke mid-stream: {e}"))), st));
-                }
-                None => {
-                    st.done = true;
-                    return Some((
-                        Err(ProviderError::Stream("upstream closed the stream before message_stop".into())),
-                        st,
-                    ));
-                }
-            }
-        }
-    })
-    .boxed()
+    super::sse::translate(resp, state)
 }
 
 #[cfg(test)]

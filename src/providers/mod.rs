@@ -10,6 +10,7 @@
 //! - [`sse`]: a small incremental Server-Sent-Events parser both adapters share.
 
 pub mod anthropic;
+mod offline;
 pub mod openai;
 pub mod sse;
 
@@ -276,11 +277,19 @@ pub(crate) async fn status_error(resp: reqwest::Response) -> ProviderError {
     }
 }
 
-pub(crate) fn is_content_type(resp: &reqwest::Response, expected: &str) -> bool {
-    resp.headers()
+/// A success response whose content type is not `expected` is malformed (e.g. an HTML error page
+/// from a proxy in front of the provider).
+pub(crate) fn expect_content_type(resp: &reqwest::Response, expected: &str) -> Result<(), ProviderError> {
+    let ct = resp
+        .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with(expected))
+        .unwrap_or("none");
+    if ct.to_ascii_lowercase().starts_with(expected) {
+        Ok(())
+    } else {
+        Err(ProviderError::Malformed(format!("expected {expected}, got content-type {ct}")))
+    }
 }
 
 #[cfg(test)]

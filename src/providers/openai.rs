@@ -5,11 +5,10 @@
 //! `include_usage` so that Ladder can cost the call (the usage chunk is withheld from clients that
 //! did not ask for it).
 
-use super::sse::SseParser;
-use super::{ChunkStream, ProviderError, classify_reqwest, is_content_type, read_body_limited, status_error};
+use super::sse::{SseEvent, SseTranslator};
+use super::{ChunkStream, ProviderError, classify_reqwest, expect_content_type, read_body_limited, status_error};
 use crate::config::ModelConfig;
 use crate::wire::{ChatChunk, ChatCompletion, ChatRequest, StreamOptions};
-use futures::StreamExt;
 use std::collections::VecDeque;
 
 #[derive(Clone)]
@@ -62,17 +61,7 @@ impl OpenAiProvider {
 
     pub async fn complete(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChatCompletion, ProviderError> {
         let resp = self.send(&Self::body(req, model, false)).await?;
-        if !is_content_type(&resp, "application/json") {
-            let ct = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("none")
-                .to_string();
-            return Err(ProviderError::Malformed(format!(
-                "expected application/json, got content-type {ct}"
-            )));
-        }
+        expect_content_type(&resp, "application/json")?;
         let bytes = read_body_limited(resp, super::MAX_RESPONSE_BYTES).await?;
         let completion: ChatCompletion =
             serde_json::from_slice(&bytes).map_err(|e| ProviderError::Malformed(format!("invalid chat.completion JSON: {e}")))?;
@@ -84,77 +73,38 @@ impl OpenAiProvider {
 
     pub async fn stream(&self, req: &ChatRequest, model: &ModelConfig) -> Result<ChunkStream, ProviderError> {
         let resp = self.send(&Self::body(req, model, true)).await?;
-        if !is_content_type(&resp, "text/event-stream") {
-            let ct = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("none")
-                .to_string();
-            return Err(ProviderError::Malformed(format!(
-                "expected text/event-stream, got content-type {ct}"
-            )));
-        }
+        expect_content_type(&resp, "text/event-stream")?;
         Ok(chunk_stream(resp))
     }
 }
 
-struct StreamState {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    parser: SseParser,
-    ready: VecDeque<Result<ChatChunk, ProviderError>>,
-    done: bool,
+/// OpenAI's SSE: `data: <chunk JSON>` events, ended by `data: [DONE]`.
+struct OpenAiEvents;
+
+impl SseTranslator for OpenAiEvents {
+    const TERMINATOR: &'static str = "[DONE]";
+
+    fn on_event(&mut self, ev: &SseEvent, out: &mut VecDeque<Result<ChatChunk, ProviderError>>) -> bool {
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            return true;
+        }
+        if !data.is_empty() {
+            out.push_back(parse_chunk(data));
+        }
+        false
+    }
+}
+
+/// Translate a whole OpenAI SSE body, given as the chunks it arrived in, without a network
+/// (tests and fuzzing; same parser as a live stream).
+pub fn translate_sse_chunks(chunks: &[&[u8]]) -> Vec<Result<ChatChunk, ProviderError>> {
+    super::offline::drive(chunks, OpenAiEvents)
 }
 
 /// Parse an OpenAI SSE body into chunks; a body that ends before `data: [DONE]` is an error.
 fn chunk_stream(resp: reqwest::Response) -> ChunkStream {
-    let state = StreamState {
-        body: resp.bytes_stream().boxed(),
-        parser: SseParser::new(),
-        ready: VecDeque::new(),
-        done: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.ready.pop_front() {
-                if item.is_err() {
-                    st.done = true;
-                    st.ready.clear();
-                }
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.body.next().await {
-                Some(Ok(bytes)) => {
-                    for ev in st.parser.push(&bytes) {
-                        if st.done {
-                            break;
-                        }
-                        let data = ev.data.trim();
-                        if data == "[DONE]" {
-                            st.done = true;
-                            break;
-                        }
-                        if data.is_empty() {
-                            continue;
-                        }
-                        st.ready.push_back(parse_chunk(data));
-                    }
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Stream(format!("connection broke mid-stream: {e}"))), st));
-                }
-                None => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Stream("upstream closed the stream before [DONE]".into())), st));
-                }
-            }
-        }
-    })
-    .boxed()
+    super::sse::translate(resp, OpenAiEvents)
 }
 
 fn parse_chunk(data: &str) -> Result<ChatChunk, ProviderError> {

@@ -110,3 +110,72 @@ mod tests {
         assert!(p.has_partial());
     }
 }
+
+/// Translates one provider's SSE events into OpenAI chunks.
+pub(crate) trait SseTranslator: Send + 'static {
+    /// What the stream must end with; a body that ends before it is an error.
+    const TERMINATOR: &'static str;
+
+    /// Handle one event: push chunks (or an error) onto `out`; return true once the stream is
+    /// complete (its terminator arrived).
+    fn on_event(
+        &mut self,
+        ev: &SseEvent,
+        out: &mut std::collections::VecDeque<Result<crate::wire::ChatChunk, super::ProviderError>>,
+    ) -> bool;
+}
+
+struct Pump<T> {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    parser: SseParser,
+    ready: std::collections::VecDeque<Result<crate::wire::ChatChunk, super::ProviderError>>,
+    done: bool,
+    translator: T,
+}
+
+/// Turn an SSE response body into a chunk stream with `translator`. The stream ends after the
+/// first error (a broken connection, a body that stops before the terminator, an error event).
+pub(crate) fn translate<T: SseTranslator>(resp: reqwest::Response, translator: T) -> super::ChunkStream {
+    use futures::StreamExt;
+    let pump = Pump {
+        body: resp.bytes_stream().boxed(),
+        parser: SseParser::new(),
+        ready: Default::default(),
+        done: false,
+        translator,
+    };
+    futures::stream::unfold(pump, |mut st| async move {
+        loop {
+            if let Some(item) = st.ready.pop_front() {
+                if item.is_err() {
+                    st.done = true;
+                    st.ready.clear();
+                }
+                return Some((item, st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.body.next().await {
+                Some(Ok(bytes)) => {
+                    for ev in st.parser.push(&bytes) {
+                        if st.translator.on_event(&ev, &mut st.ready) {
+                            st.done = true;
+                            break;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(super::ProviderError::Stream(format!("connection broke mid-stream: {e}"))), st));
+                }
+                None => {
+                    st.done = true;
+                    let msg = format!("upstream closed the stream before {}", T::TERMINATOR);
+                    return Some((Err(super::ProviderError::Stream(msg)), st));
+                }
+            }
+        }
+    })
+    .boxed()
+}
