@@ -92,25 +92,6 @@ impl SseParser {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_events_split_across_chunks() {
-        let mut p = SseParser::new();
-        assert!(p.push(b"event: message_start\nda").is_empty());
-        let evs = p.push(b"ta: {\"a\":1}\n\n: comment\r\ndata: x\r\ndata: y\r\n\r\n");
-        assert_eq!(evs.len(), 2);
-        assert_eq!(evs[0].event.as_deref(), Some("message_start"));
-        assert_eq!(evs[0].data, "{\"a\":1}");
-        assert_eq!(evs[1].data, "x\ny");
-        assert!(!p.has_partial());
-        p.push(b"data: [DO");
-        assert!(p.has_partial());
-    }
-}
-
 /// Translates one provider's SSE events into OpenAI chunks.
 pub(crate) trait SseTranslator: Send + 'static {
     /// What the stream must end with; a body that ends before it is an error.
@@ -178,4 +159,23 @@ pub(crate) fn translate<T: SseTranslator>(resp: reqwest::Response, translator: T
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_split_across_chunks() {
+        let mut p = SseParser::new();
+        assert!(p.push(b"event: message_start\nda").is_empty());
+        let evs = p.push(b"ta: {\"a\":1}\n\n: comment\r\ndata: x\r\ndata: y\r\n\r\n");
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].event.as_deref(), Some("message_start"));
+        assert_eq!(evs[0].data, "{\"a\":1}");
+        assert_eq!(evs[1].data, "x\ny");
+        assert!(!p.has_partial());
+        p.push(b"data: [DO");
+        assert!(p.has_partial());
+    }
 }
