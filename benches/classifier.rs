@@ -1,9 +1,12 @@
-//! Criterion benches of the classifier's encoder (all-MiniLM-L6-v2 on Candle, CPU, f32).
+//! Criterion benches of the classifier's encoder (all-MiniLM-L6-v2, CPU, f32).
 //!
 //! - `encoder_single/{16,64,128,256}`: one prompt of exactly N tokens ([CLS] and [SEP] included)
 //!   through [`Encoder::features`], what the inference pool runs per batch (forward pass, mean
 //!   pooling and the focus pooling).
 //! - `encoder_batch/{1,8,32}`: that many distinct 64-token prompts in one forward pass.
+//! - `candle_single/*`, `candle_batch/*`: the same through candle-transformers' `BertModel` (the
+//!   encoder before its fused forward pass, `src/classifier/fused.rs`), after a parity check of the
+//!   production encoder against it.
 //! - `tokenize/128`: [`Encoder::tokenize_prompt`] of a system prompt + a user turn (128 tokens).
 //! - `matmul_f32/*`: Candle's f32 matmul, to measure this machine's GFLOP/s (the FLOP floor).
 //!
@@ -15,6 +18,7 @@
 use candle_core::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ladder::classifier::encoder::{Encoder, FOCUS_TOKENS, Tokenized};
+use ladder::classifier::fused::FusedBert;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -133,5 +137,97 @@ fn matmul_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encoder_benches, matmul_benches);
+/// Masked mean pooling + L2 normalisation of `(n, len, h)` hidden states (sentence-transformers).
+fn pooled(hidden: &Tensor, lens: &[usize]) -> Vec<Vec<f32>> {
+    let (n, l, h) = hidden.dims3().expect("dims");
+    let data: Vec<f32> = hidden.flatten_all().and_then(|t| t.to_vec1()).expect("to_vec");
+    (0..n)
+        .map(|b| {
+            let mut v = vec![0f32; h];
+            for p in 0..lens[b] {
+                for (c, x) in v.iter_mut().enumerate() {
+                    *x += data[(b * l + p) * h + c];
+                }
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter().map(|x| x / norm).collect()
+        })
+        .collect()
+}
+
+/// The reference: candle-transformers' `BertModel` (what the encoder ran before the fused pass,
+/// and what `LADDER_ENCODER=candle` selects): parity of the production [`Encoder`] against it,
+/// then the same single-prompt and batch benches.
+fn candle_benches(c: &mut Criterion) {
+    use candle_nn::VarBuilder;
+    use candle_transformers::models::bert::{BertModel, Config};
+    let dir = model_dir();
+    if !dir.join("model.safetensors").exists() {
+        return;
+    }
+    let enc = Encoder::load(&dir, 256).expect("load encoder");
+    let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config")).expect("config");
+    let dev = Device::Cpu;
+    // SAFETY: the weights file is memory-mapped read-only and not modified while mapped.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], candle_core::DType::F32, &dev) }.expect("vb");
+    let bert = BertModel::load(vb, &config).expect("load BertModel");
+    let forward = |batch: &[&[u32]]| -> Tensor {
+        let l = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        let pad = |s: &[u32], fill: u32, val: Option<u32>| {
+            let mut v: Vec<u32> = s.iter().map(|x| val.unwrap_or(*x)).collect();
+            v.resize(l, fill);
+            v
+        };
+        let ids: Vec<u32> = batch.iter().flat_map(|s| pad(s, 0, None)).collect();
+        let mask: Vec<u32> = batch.iter().flat_map(|s| pad(s, 0, Some(1))).collect();
+        let ids = Tensor::from_vec(ids, (batch.len(), l), &dev).expect("ids");
+        let mask = Tensor::from_vec(mask, (batch.len(), l), &dev).expect("mask");
+        bert.forward(&ids, &ids.zeros_like().expect("types"), Some(&mask)).expect("forward")
+    };
+    // Parity: one batch of mixed lengths (padding included), production encoder vs BertModel.
+    let prompts: Vec<Tokenized> = [16usize, 64, 128, 256, 40]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| prompt_of(&enc, n, i * 11))
+        .collect();
+    let ids: Vec<&[u32]> = prompts.iter().map(|p| p.ids.as_slice()).collect();
+    let lens: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+    let reference = pooled(&forward(&ids), &lens);
+    let ours = enc.embed(&ids).expect("embed");
+    let fused = pooled(&FusedBert::load(&dir).expect("fused").forward(&ids).expect("fused forward"), &lens);
+    let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>())
+            .fold(f32::INFINITY, f32::min)
+    };
+    let (w_enc, w_fused) = (worst(&reference, &ours), worst(&reference, &fused));
+    eprintln!("encoder vs candle BertModel: worst cosine {w_enc:.7} (fused pass alone: {w_fused:.7})");
+    assert!(w_enc > 0.99999 && w_fused > 0.99999, "the encoder diverges from BertModel");
+
+    let (samples, measure) = if quick() { (10, 2) } else { (20, 6) };
+    let mut g = c.benchmark_group("candle_single");
+    g.sample_size(samples).measurement_time(Duration::from_secs(measure));
+    for n in [16usize, 64, 128, 256] {
+        let p = prompt_of(&enc, n, 0);
+        g.throughput(Throughput::Elements(minilm_flops(n as u64)));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &p, |b, p| {
+            b.iter(|| black_box(forward(&[p.ids.as_slice()])))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("candle_batch");
+    g.sample_size(10).measurement_time(Duration::from_secs(measure));
+    for batch in [1usize, 8, 32] {
+        let prompts: Vec<Tokenized> = (0..batch).map(|i| prompt_of(&enc, 64, i * 7)).collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(|p| p.ids.as_slice()).collect();
+        g.throughput(Throughput::Elements(batch as u64 * minilm_flops(64)));
+        g.bench_with_input(BenchmarkId::from_parameter(batch), &refs, |b, refs| {
+            b.iter(|| black_box(forward(refs)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encoder_benches, candle_benches, matmul_benches);
 criterion_main!(benches);

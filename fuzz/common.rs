@@ -21,7 +21,10 @@ use ladder::task::Task;
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: a name and the function that takes one input.
+pub type Target = (&'static str, fn(&[u8]));
+
+pub const TARGETS: &[Target] = &[
     ("chat_request", chat_request),
     ("hints", hints),
     ("sse", sse),

@@ -11,7 +11,7 @@
 //! database on a cache miss (rate-limited), so a key created while the server runs works at once.
 //!
 //! **Who may call what** ([`middleware`]): with `auth.enabled`, every route but `/healthz` needs
-//! `Authorization: Bearer <key>`; `/v1/decisions*` and `/v1/admin/*` need the admin key
+//! `Authorization: Bearer <key>`; `/v1/decisions*`, `/v1/replay` and `/v1/admin/*` need the admin key
 //! ([`require_admin`]); everything else takes a virtual key or the admin key. Missing, unknown
 //! and revoked keys get 401 `invalid_api_key` in OpenAI's error shape.
 //!
@@ -523,9 +523,13 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
     state.auth.check_admin(headers)
 }
 
-/// Paths only the admin key may use.
+/// Paths only the admin key may use (the log, its stats, replay, `/v1/admin/*`).
 pub fn admin_only(path: &str) -> bool {
-    path == "/v1/decisions" || path.starts_with("/v1/decisions/") || path.starts_with("/v1/admin/") || path == "/v1/admin"
+    path == "/v1/decisions"
+        || path.starts_with("/v1/decisions/")
+        || path == "/v1/replay"
+        || path == "/v1/admin"
+        || path.starts_with("/v1/admin/")
 }
 
 /// Paths open to everyone.
@@ -721,6 +725,9 @@ mod tests {
         assert!(admin_only("/v1/decisions"));
         assert!(admin_only("/v1/decisions/dec_1"));
         assert!(admin_only("/v1/admin/reload"));
+        assert!(admin_only("/v1/decisions/stats"));
+        assert!(admin_only("/v1/replay"));
+        assert!(!admin_only("/v1/feedback"));
         assert!(!admin_only("/v1/decisionsx"));
         assert!(!admin_only("/v1/chat/completions"));
         assert!(public("/healthz"));

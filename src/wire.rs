@@ -187,8 +187,8 @@ impl ChatRequest {
             .map(|m| m.text().into_owned())
             .unwrap_or_default();
         RoutingText {
-            system: system.join("\n"),
-            last_user,
+            system: head_and_tail(system.join("\n")),
+            last_user: head_and_tail(last_user),
         }
     }
 
@@ -214,6 +214,29 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Tool => "tool",
         Role::Function => "function",
     }
+}
+
+/// The classifier reads at most 256 tokens of a prompt (the head of the system prompt, the head
+/// and tail of the user turn), so longer texts are cut to their first and last bytes before
+/// tokenizing: a 4 MB prompt must not hold an inference thread for seconds.
+const ROUTING_HEAD_BYTES: usize = 16 * 1024;
+const ROUTING_TAIL_BYTES: usize = 8 * 1024;
+
+/// `s` itself, or its first [`ROUTING_HEAD_BYTES`] and last [`ROUTING_TAIL_BYTES`] (at character
+/// boundaries) joined by a newline.
+fn head_and_tail(s: String) -> String {
+    if s.len() <= ROUTING_HEAD_BYTES + ROUTING_TAIL_BYTES {
+        return s;
+    }
+    let mut h = ROUTING_HEAD_BYTES;
+    while !s.is_char_boundary(h) {
+        h -= 1;
+    }
+    let mut t = s.len() - ROUTING_TAIL_BYTES;
+    while !s.is_char_boundary(t) {
+        t += 1;
+    }
+    format!("{}\n{}", &s[..h], &s[t..])
 }
 
 /// The parts of a request the classifier scores.
@@ -361,6 +384,17 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_text_of_a_huge_prompt_keeps_its_head_and_tail() {
+        let user = format!("HEAD {} TAIL", "é".repeat(2_000_000));
+        let req: ChatRequest =
+            serde_json::from_value(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": user}]})).unwrap();
+        let t = req.routing_text();
+        assert!(t.last_user.len() <= ROUTING_HEAD_BYTES + ROUTING_TAIL_BYTES + 1);
+        assert!(t.last_user.starts_with("HEAD é") && t.last_user.ends_with("é TAIL"));
+        assert_eq!(head_and_tail("short".into()), "short");
+    }
 
     #[test]
     fn parses_string_and_array_content_and_keeps_unknown_fields() {

@@ -135,6 +135,7 @@ async fn keys_are_required_scoped_and_revocable() {
     for path in [
         "/v1/decisions",
         &format!("/v1/decisions/{id}"),
+        "/v1/decisions/stats",
         "/v1/admin/reload",
         "/v1/admin/anything",
     ] {
@@ -142,6 +143,15 @@ async fn keys_are_required_scoped_and_revocable() {
         assert_eq!(r.status, 403, "{path}: {}", r.text);
         assert_eq!(r.api_error().1, "admin_key_required");
     }
+    for path in ["/v1/replay", "/v1/admin/reload"] {
+        let r = post_as(&gw, Some(&key), path, &json!({"threshold": 0.5})).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.text);
+        assert_eq!(r.api_error().1, "admin_key_required");
+    }
+    assert_eq!(
+        post_as(&gw, Some(ADMIN_KEY), "/v1/replay", &json!({"threshold": 0.5})).await.status,
+        200
+    );
     assert_eq!(get_as(&gw, Some(ADMIN_KEY), "/v1/decisions").await.status, 200);
     assert_eq!(get_as(&gw, Some(ADMIN_KEY), &format!("/v1/decisions/{id}")).await.status, 200);
     // The admin key works on the chat routes too, recorded as "admin".

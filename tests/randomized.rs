@@ -133,7 +133,7 @@ fn run(name: &str, target: fn(&[u8])) {
         target(s);
     }
     let iters = env_u64("LADDER_RANDOMIZED_ITERS", 2000);
-    let mut rng = Rng(env_u64("LADDER_RANDOMIZED_SEED", 0x5eed_1add_e4u64) ^ name.len() as u64 | 1);
+    let mut rng = Rng(env_u64("LADDER_RANDOMIZED_SEED", 0x005e_ed1a_dde4_u64) ^ name.len() as u64 | 1);
     for i in 0..iters {
         let input = mutate(&mut rng, &seeds);
         let r = std::panic::catch_unwind(|| target(&input));

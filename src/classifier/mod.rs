@@ -12,6 +12,7 @@
 //! heads it started with.
 
 pub mod encoder;
+pub mod fused;
 pub mod heads;
 pub mod pool;
 
