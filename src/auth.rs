@@ -283,7 +283,13 @@ pub struct Auth {
     last_refresh: Arc<Mutex<Instant>>,
     refreshing: Arc<AtomicBool>,
     misses: Mutex<MissBucket>,
+    /// Database lookups in progress, one per unknown digest: concurrent requests with the same
+    /// new key wait for one lookup (and spend one miss token) instead of racing for tokens.
+    lookups: Mutex<HashMap<[u8; 32], Arc<LookupCell>>>,
 }
+
+/// The shared result of one database lookup of an unknown key.
+type LookupCell = tokio::sync::OnceCell<Option<Arc<VirtualKey>>>;
 
 impl Auth {
     /// Read the admin key from the environment and load the keys (the table must exist: the
@@ -342,6 +348,7 @@ impl Auth {
                 tokens: MISS_BURST,
                 at: Instant::now(),
             }),
+            lookups: Mutex::new(HashMap::new()),
         })
     }
 
@@ -396,9 +403,28 @@ impl Auth {
     }
 
     /// A key missing from the cache: look it up in the database (a key created by the CLI a
-    /// moment ago). Rate-limited so that a flood of bad keys cannot become a flood of queries.
+    /// moment ago). Rate-limited so that a flood of bad keys cannot become a flood of queries;
+    /// concurrent misses on the same digest share one lookup, so a burst of requests with a
+    /// freshly created key is one query, not a race for the rate limiter's tokens.
     async fn lookup_miss(&self, token: &str, digest: [u8; 32]) -> Option<Arc<VirtualKey>> {
-        if !looks_like_key(token) || !self.take_miss_token() {
+        if !looks_like_key(token) {
+            return None;
+        }
+        let cell = {
+            let mut inflight = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+            inflight.entry(digest).or_default().clone()
+        };
+        let found = cell.get_or_init(|| self.query_key(digest)).await.clone();
+        let mut inflight = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&digest);
+        }
+        found
+    }
+
+    /// One rate-limited database lookup of a key by its digest; a hit joins the cache.
+    async fn query_key(&self, digest: [u8; 32]) -> Option<Arc<VirtualKey>> {
+        if !self.take_miss_token() {
             return None;
         }
         let db = self.db.clone();
@@ -718,6 +744,42 @@ mod tests {
         assert_eq!(bearer(&h).unwrap(), "lk-abc");
         h.insert("authorization", HeaderValue::from_static("Bearer "));
         assert!(bearer(&h).is_err());
+    }
+
+    /// 60 requests with a key created a moment ago, all missing the cache at once: they share
+    /// one database lookup, so none is refused by the lookup rate limiter (burst 20).
+    #[tokio::test]
+    async fn a_burst_with_a_new_key_shares_one_lookup() {
+        let dir = std::env::temp_dir().join(format!("ladder-auth-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("log.db");
+        let config: Config = Config::from_toml(&format!(
+            "[store]\npath = {:?}\n[auth]\nadmin_key_env = \"LADDER_TEST_NO_SUCH_VAR\"\n[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[models]]\nname = \"m\"\nprovider = \"p\"\ninput_price = 1.0\noutput_price = 1.0\ncontext_window = 1000\nquality = {{ default = 0.8 }}\n",
+            db.display().to_string()
+        ))
+        .unwrap();
+        crate::store::Store::open(&db, 8).unwrap().close().await;
+        let auth = Auth::from_config(&config).unwrap();
+        let key = cli::create(&config, "fresh", None, None, None, None).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
+        let results = futures::future::join_all((0..60).map(|_| auth.authenticate(&headers))).await;
+        let refused = results.iter().filter(|r| r.is_err()).count();
+        assert_eq!(refused, 0, "{refused} of 60 requests with a valid new key were refused");
+        // A flood of unknown keys is still bounded by the rate limiter.
+        let unknown: Vec<HeaderMap> = (0..60)
+            .map(|_| {
+                let mut h = HeaderMap::new();
+                h.insert(
+                    "authorization",
+                    HeaderValue::from_str(&format!("Bearer {}", generate_key().unwrap())).unwrap(),
+                );
+                h
+            })
+            .collect();
+        let results = futures::future::join_all(unknown.iter().map(|h| auth.authenticate(h))).await;
+        assert!(results.iter().all(|r| r.is_err()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
