@@ -247,18 +247,6 @@ struct Outcome {
     problems: Vec<String>,
 }
 
-/// Run `check`, turning an assertion failure into a problem.
-fn check(problems: &mut Vec<String>, what: &str, check: impl FnOnce()) {
-    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into());
-        problems.push(format!("{what}: {msg}"));
-    }
-}
-
 async fn run_cell(gw: &Gateway, i: usize, cell: &Cell) -> Outcome {
     let mut body = req(cell.model, &format!("Fault matrix cell {i}: say something useful."));
     if cell.fallback.is_none() {

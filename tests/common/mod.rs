@@ -588,16 +588,18 @@ impl Gateway {
 
     /// A streaming chat request, read to the end of the body.
     pub async fn stream(&self, body: &Value) -> StreamReply {
+        self.stream_with(body, &[]).await
+    }
+
+    pub async fn stream_with(&self, body: &Value, headers: &[(&str, &str)]) -> StreamReply {
         let mut body = body.clone();
         body["stream"] = json!(true);
+        let mut rb = self.http.post(format!("{}/v1/chat/completions", self.url)).json(&body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
         let t0 = Instant::now();
-        let resp = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST stream");
+        let resp = rb.send().await.expect("POST stream");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let raw = resp.text().await.expect("reading the stream body to its end");
@@ -1017,4 +1019,17 @@ pub fn assert_stream_error_end(s: &StreamReply, model: &str) {
     assert_eq!(e["code"], "stream_interrupted");
     assert!(chunks[..chunks.len() - 1].iter().all(|c| c.get("error").is_none()));
     assert!(!s.content().is_empty(), "output should have started before the failure: {}", s.raw);
+}
+
+/// Run the assertions in `check`; a failure becomes a line in `problems` (prefixed with `what`)
+/// instead of ending the test, for tests that report many cases at once.
+pub fn check(problems: &mut Vec<String>, what: &str, check: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        problems.push(format!("{what}: {msg}"));
+    }
 }
