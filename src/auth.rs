@@ -619,79 +619,57 @@ impl Drop for Reservation {
 
 /// A refused admission: 429 with `rate_limit_exceeded` (and `retry-after`) or
 /// `insufficient_quota`.
-#[derive(Debug)]
-pub struct Refused {
-    pub error: ApiError,
-    pub retry_after: Option<Duration>,
-}
-
-impl Refused {
-    pub fn add_headers(&self, headers: &mut HeaderMap) {
-        if let Some(d) = self.retry_after {
-            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
-            headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-    }
-}
-
-fn refused(key: &VirtualKey, r: Refusal) -> Refused {
+fn refused(key: &VirtualKey, r: Refusal) -> ApiError {
     let name = &key.name;
     match r {
-        Refusal::Rpm { limit, retry_after } => Refused {
-            error: ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-                format!(
-                    "Rate limit reached for key '{name}': {limit} requests per minute. Retry in {:.1} s.",
-                    retry_after.as_secs_f64()
-                ),
+        Refusal::Rpm { limit, retry_after } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit reached for key '{name}': {limit} requests per minute. Retry in {:.1} s.",
+                retry_after.as_secs_f64()
             ),
-            retry_after: Some(retry_after),
-        },
+        )
+        .with_retry_after(Some(retry_after)),
         Refusal::Tpm {
             limit,
             needed,
             retry_after,
-        } => Refused {
-            error: ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "tokens",
-                "rate_limit_exceeded",
-                match retry_after {
-                    Some(d) => format!(
-                        "Rate limit reached for key '{name}': {limit} tokens per minute (this request needs ~{needed}). Retry in {:.1} s.",
-                        d.as_secs_f64()
-                    ),
-                    None => format!(
-                        "Request too large for key '{name}': ~{needed} tokens (prompt + max output) exceed its limit of {limit} tokens per minute."
-                    ),
-                },
-            ),
-            retry_after,
-        },
+        } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tokens",
+            "rate_limit_exceeded",
+            match retry_after {
+                Some(d) => format!(
+                    "Rate limit reached for key '{name}': {limit} tokens per minute (this request needs ~{needed}). Retry in {:.1} s.",
+                    d.as_secs_f64()
+                ),
+                None => format!(
+                    "Request too large for key '{name}': ~{needed} tokens (prompt + max output) exceed its limit of {limit} tokens per minute."
+                ),
+            },
+        )
+        .with_retry_after(retry_after),
         Refusal::Budget {
             budget,
             spent,
             reserved,
             needed,
-        } => Refused {
-            error: ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "insufficient_quota",
-                "insufficient_quota",
-                format!(
-                    "Key '{name}' has exceeded its budget: ${spent:.6} spent and ${reserved:.6} reserved of ${budget:.6}; this request may cost up to ${needed:.6}."
-                ),
+        } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            format!(
+                "Key '{name}' has exceeded its budget: ${spent:.6} spent and ${reserved:.6} reserved of ${budget:.6}; this request may cost up to ${needed:.6}."
             ),
-            retry_after: None,
-        },
+        ),
     }
 }
 
 /// Check and reserve a chat request against its key's limits. `Ok(None)` when there is nothing
 /// to account (no key, the admin key, or a key without limits).
-pub fn admit(principal: &Principal, config: &Config, route: &RouteRequest, decision: &Decision) -> Result<Option<Reservation>, Refused> {
+pub fn admit(principal: &Principal, config: &Config, route: &RouteRequest, decision: &Decision) -> Result<Option<Reservation>, ApiError> {
     let Principal::Key(key) = principal else { return Ok(None) };
     if !key.limits.any() {
         return Ok(None);

@@ -5,9 +5,11 @@
 //! into a response through [`IntoResponse`].
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::time::Duration;
 
 /// An error destined for an HTTP client.
 #[derive(Debug, Clone)]
@@ -17,6 +19,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub param: Option<String>,
+    /// Sent as `retry-after` (whole seconds, rounded up) and `retry-after-ms`, which the OpenAI
+    /// SDKs honour when they retry a 429.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -27,6 +32,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -37,6 +43,11 @@ impl ApiError {
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after;
         self
     }
 
@@ -71,6 +82,12 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            let h = resp.headers_mut();
+            h.insert(RETRY_AFTER, HeaderValue::from(after.as_secs_f64().ceil().max(1.0) as u64));
+            h.insert("retry-after-ms", HeaderValue::from(after.as_millis() as u64));
+        }
+        resp
     }
 }

@@ -180,7 +180,7 @@ impl Executor {
                 let (now, budget, started_ms) = match self.gate(model, attempts, t0, deadline, self.config.timeouts.attempt_ms) {
                     Gate::Go { now, budget, started_ms } => (now, budget, started_ms),
                     Gate::Skip => break,
-                    Gate::Deadline => return Err(self.exhausted(attempts, last_error, true)),
+                    Gate::Deadline => return Err(self.exhausted(attempts, last_error, true, t0)),
                 };
                 let result = match tokio::time::timeout(budget, provider.complete(req, model)).await {
                     Ok(Ok(c)) => AttemptResult::Ok(c),
@@ -234,20 +234,7 @@ impl Executor {
                         if err.trips_breaker() {
                             self.breakers.record_failure(name);
                         }
-                        attempts.push(Attempt {
-                            model: name.clone(),
-                            provider: model.provider.clone(),
-                            status: "error".into(),
-                            http_status: match &err {
-                                ProviderError::Status { status, .. } => Some(*status),
-                                _ => None,
-                            },
-                            error_kind: Some(err.kind()),
-                            reason: Some(err.to_string()),
-                            started_ms,
-                            latency_ms,
-                            ..Default::default()
-                        });
+                        attempts.push(error_attempt(model, &err, started_ms, latency_ms));
                         if !err.escalates() {
                             return Err(upstream_client_error(&err));
                         }
@@ -271,7 +258,7 @@ impl Executor {
                 failed_check: Some(kind),
             });
         }
-        Err(self.exhausted(attempts, last_error, false))
+        Err(self.exhausted(attempts, last_error, false, t0))
     }
 
     /// Run the chain for a streaming request until one upstream produces output.
@@ -291,7 +278,7 @@ impl Executor {
                 let (now, budget, started_ms) = match self.gate(model, attempts, t0, deadline, self.config.timeouts.first_byte_ms) {
                     Gate::Go { now, budget, started_ms } => (now, budget, started_ms),
                     Gate::Skip => break,
-                    Gate::Deadline => return Err(self.exhausted(attempts, last_error, true)),
+                    Gate::Deadline => return Err(self.exhausted(attempts, last_error, true, t0)),
                 };
                 let result = tokio::time::timeout(budget, first_output(provider, req, model)).await;
                 let latency_ms = now.elapsed().as_millis() as u64;
@@ -323,20 +310,12 @@ impl Executor {
                 } else if err.trips_breaker() {
                     self.breakers.record_failure(name);
                 }
-                attempts.push(Attempt {
-                    model: name.clone(),
-                    provider: model.provider.clone(),
-                    status: if check_failure { "check_failed".into() } else { "error".into() },
-                    http_status: match &err {
-                        ProviderError::Status { status, .. } => Some(*status),
-                        _ => None,
-                    },
-                    error_kind: Some(if check_failure { "empty_content".into() } else { err.kind() }),
-                    reason: Some(err.to_string()),
-                    started_ms,
-                    latency_ms,
-                    ..Default::default()
-                });
+                let mut attempt = error_attempt(model, &err, started_ms, latency_ms);
+                if check_failure {
+                    attempt.status = "check_failed".into();
+                    attempt.error_kind = Some("empty_content".into());
+                }
+                attempts.push(attempt);
                 if !err.escalates() {
                     return Err(upstream_client_error(&err));
                 }
@@ -355,7 +334,7 @@ impl Executor {
                 }
             }
         }
-        Err(self.exhausted(attempts, last_error, false))
+        Err(self.exhausted(attempts, last_error, false, t0))
     }
 
     /// Before an attempt on `model`: skip it when its breaker is open (recorded), stop when the
@@ -409,7 +388,7 @@ impl Executor {
     }
 
     /// The error for a request whose whole chain failed.
-    fn exhausted(&self, attempts: &[Attempt], last: Option<ProviderError>, deadline: bool) -> ApiError {
+    fn exhausted(&self, attempts: &[Attempt], last: Option<ProviderError>, deadline: bool, t0: Instant) -> ApiError {
         let summary: Vec<String> = attempts
             .iter()
             .map(|a| format!("{}: {}", a.model, a.error_kind.as_deref().unwrap_or(&a.status)))
@@ -435,7 +414,8 @@ impl Executor {
                 "rate_limit_error",
                 "rate_limit_exceeded",
                 format!("every model in the chain is rate limited ({detail})"),
-            );
+            )
+            .with_retry_after(rate_limit_wait(attempts, t0.elapsed().as_millis() as u64));
         }
         match last {
             Some(ProviderError::Timeout { .. }) => ApiError::new(
@@ -479,6 +459,44 @@ async fn first_output(provider: &Provider, req: &ChatRequest, model: &ModelConfi
             None => return Err(ProviderError::Malformed(EMPTY_STREAM.into())),
         }
     }
+}
+
+/// The record of a failed attempt.
+fn error_attempt(model: &ModelConfig, err: &ProviderError, started_ms: u64, latency_ms: u64) -> Attempt {
+    Attempt {
+        model: model.name.clone(),
+        provider: model.provider.clone(),
+        status: "error".into(),
+        http_status: match err {
+            ProviderError::Status { status, .. } => Some(*status),
+            _ => None,
+        },
+        error_kind: Some(err.kind()),
+        reason: Some(err.to_string()),
+        retry_after_ms: err.retry_after().map(|d| d.as_millis() as u64),
+        started_ms,
+        latency_ms,
+        ..Default::default()
+    }
+}
+
+/// When every model of a chain answered 429: how long until the first of them said it would take
+/// requests again (each model's latest `retry-after`, counted from when it arrived, never more
+/// than the upstream asked for), for the client's `retry-after`. None when one of them gave none.
+fn rate_limit_wait(attempts: &[Attempt], now_ms: u64) -> Option<Duration> {
+    let mut latest: HashMap<&str, Option<u64>> = HashMap::new();
+    for a in attempts.iter().filter(|a| a.http_status == Some(429)) {
+        let left = a
+            .retry_after_ms
+            .map(|ra| (a.started_ms + a.latency_ms + ra).saturating_sub(now_ms).min(ra));
+        latest.insert(a.model.as_str(), left);
+    }
+    let mut soonest: Option<u64> = None;
+    for left in latest.into_values() {
+        let left = left?;
+        soonest = Some(soonest.map_or(left, |s| s.min(left)));
+    }
+    soonest.map(Duration::from_millis)
 }
 
 fn skip(model: &ModelConfig, kind: &str, why: String, t0: Instant) -> Attempt {
@@ -617,6 +635,26 @@ mod tests {
             ..CheckConfig::default()
         };
         assert!(check_completion(&off, &plain, &completion("I'm sorry, but I can't help with that.", "stop")).is_none());
+    }
+
+    #[test]
+    fn rate_limit_wait_is_the_soonest_model_and_unknown_without_retry_after() {
+        let a = |model: &str, started_ms: u64, retry_after_ms: Option<u64>| Attempt {
+            model: model.into(),
+            status: "error".into(),
+            http_status: Some(429),
+            retry_after_ms,
+            started_ms,
+            latency_ms: 10,
+            ..Default::default()
+        };
+        // m1 said 1 s at 10 ms, then 300 ms at 1010 ms (the latest counts); m2 said 5 s.
+        let attempts = vec![a("m1", 0, Some(1000)), a("m1", 1000, Some(300)), a("m2", 1100, Some(5000))];
+        assert_eq!(rate_limit_wait(&attempts, 1110), Some(Duration::from_millis(200)));
+        assert_eq!(rate_limit_wait(&attempts, 9000), Some(Duration::ZERO));
+        let attempts = vec![a("m1", 0, Some(1000)), a("m2", 20, None)];
+        assert_eq!(rate_limit_wait(&attempts, 100), None);
+        assert_eq!(rate_limit_wait(&[], 100), None);
     }
 
     #[test]

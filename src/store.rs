@@ -36,6 +36,9 @@ pub struct Attempt {
     pub error_kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The upstream's `retry-after` / `retry-after-ms` on an error response, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     /// Milliseconds since the request arrived when the attempt started.
     pub started_ms: u64,
     pub latency_ms: u64,

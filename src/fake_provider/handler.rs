@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::answer::{self, Answer, GenRequest, OutputFormat, Prompt, ToolRequest};
 use super::net::{ConnKill, Frame, ScriptedBody};
 use super::scenario::{Behavior, Scenario};
-use super::state::{Api, AppState, LoggedRequest};
+use super::state::{Api, AppState, InFlightGuard, LoggedRequest};
 use super::{anthropic, openai};
 
 /// Largest request body accepted.
@@ -319,6 +319,9 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
             state.note_fault(&model);
             let (answer, ctx_id) = synthesize(api, &parsed, &config, None);
             let ctx = render_ctx(&parsed, &answer, ctx_id);
+            if parsed.stream {
+                return malformed_stream(api, &ctx, guard);
+            }
             let full = render_json(api, &ctx).to_string();
             let cut = &full.as_bytes()[..full.len() / 2];
             return raw_response("application/json", Bytes::copy_from_slice(cut));
@@ -342,10 +345,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
     let delay = Duration::from_millis(config.chunk_delay_ms);
 
     let mut resp = if parsed.stream {
-        let mut frames = match api {
-            Api::Openai => openai::stream_frames(&ctx, drop_after),
-            Api::Anthropic => anthropic::stream_frames(&ctx, drop_after),
-        };
+        let mut frames = stream_frames(api, &ctx, drop_after);
         if let Some(target) = oversized {
             let current: usize = frames
                 .iter()
@@ -362,12 +362,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
                 frames.insert(0, Frame::Data(Bytes::from(comment)));
             }
         }
-        let body = ScriptedBody::new(frames, delay, Some(guard)).into_body();
-        let mut resp = Response::new(body);
-        let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        resp
+        event_stream_response(frames, delay, guard)
     } else {
         let mut value = render_json(api, &ctx);
         if let Some(target) = oversized {
@@ -394,6 +389,48 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
     let request_id = format!("req_{}", random_id());
     insert_header(resp.headers_mut(), request_id_header(api), &request_id);
     resp
+}
+
+fn stream_frames(api: Api, ctx: &RenderCtx<'_>, drop_after: Option<usize>) -> Vec<Frame> {
+    match api {
+        Api::Openai => openai::stream_frames(ctx, drop_after),
+        Api::Anthropic => anthropic::stream_frames(ctx, drop_after),
+    }
+}
+
+fn event_stream_response(frames: Vec<Frame>, delay: Duration, guard: InFlightGuard) -> Response {
+    let body = ScriptedBody::new(frames, delay, Some(guard)).into_body();
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// `malformed_json` on a stream: a well-formed event stream whose second event (the first
+/// content chunk for OpenAI, `content_block_start` for Anthropic; before any output either way)
+/// carries JSON cut in half. The rest of the stream follows unchanged, terminator included.
+fn malformed_stream(api: Api, ctx: &RenderCtx<'_>, guard: InFlightGuard) -> Response {
+    let mut frames = stream_frames(api, ctx, None);
+    if let Some(Frame::Data(event)) = frames.get_mut(1) {
+        *event = truncate_event_json(event);
+    }
+    let mut resp = event_stream_response(frames, Duration::ZERO, guard);
+    insert_header(resp.headers_mut(), request_id_header(api), &format!("req_{}", random_id()));
+    resp
+}
+
+/// `...data: {"a": ...}\n\n` -> `...data: {"a": .\n\n` (the JSON of the last `data:` line cut in
+/// half, the event still terminated).
+fn truncate_event_json(event: &Bytes) -> Bytes {
+    let text = String::from_utf8_lossy(event);
+    let body = text.trim_end_matches('\n');
+    let json_at = body.rfind("data: ").map_or(0, |i| i + "data: ".len());
+    let mut cut = json_at + (body.len() - json_at) / 2;
+    while !body.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Bytes::from(format!("{}\n\n", &body[..cut]))
 }
 
 fn synthesize(

@@ -3,7 +3,7 @@
 //! A [`Scenario`] says how each fake model behaves: how "able" it is, how slow
 //! it is, what its bad answers look like, and which faults it injects (a
 //! scripted `sequence` for the first requests, then a seeded random
-//! `fail_rate`). Scenarios are written in TOML (files, `ladder fake-provider
+//! `fail_rate`, with `fail_with` or a `fail_mix` of faults). Scenarios are written in TOML (files, `ladder fake-provider
 //! --scenario`) or JSON (the `PUT /_fake/scenario` control endpoint); both
 //! formats share the same serde model.
 //!
@@ -60,6 +60,9 @@ pub struct ModelSpec {
     pub fail_rate: Option<f64>,
     /// The behaviour used when the `fail_rate` dice says "fail".
     pub fail_with: Option<Behavior>,
+    /// When set (non-empty), a request the `fail_rate` dice fails gets one of these, picked
+    /// uniformly by the same seeded RNG, instead of `fail_with`: a mix of faults at a known rate.
+    pub fail_mix: Option<Vec<Behavior>>,
     /// Behaviours for the first N requests to this model, in order.
     pub sequence: Option<Vec<Behavior>>,
     /// Case-insensitive substrings: prompts containing any are answered badly.
@@ -137,6 +140,7 @@ pub(crate) struct ModelConfig {
     pub bad_answer: BadAnswer,
     pub fail_rate: f64,
     pub fail_with: Behavior,
+    pub fail_mix: Vec<Behavior>,
     pub sequence: Vec<Behavior>,
     pub fails_on: Vec<String>,
 }
@@ -177,7 +181,12 @@ impl Scenario {
             if let Some(r) = spec.fail_rate {
                 anyhow::ensure!((0.0..=1.0).contains(&r), "model {name}: fail_rate must be within 0..=1, got {r}");
             }
-            let behaviours = spec.sequence.iter().flatten().chain(spec.fail_with.iter());
+            let behaviours = spec
+                .sequence
+                .iter()
+                .flatten()
+                .chain(spec.fail_with.iter())
+                .chain(spec.fail_mix.iter().flatten());
             for b in behaviours {
                 if let Behavior::Status { status, .. } = b {
                     anyhow::ensure!(
@@ -222,6 +231,7 @@ impl Scenario {
                     message: None,
                 }
             ),
+            fail_mix: pick!(fail_mix, Vec::new()),
             sequence: pick!(sequence, Vec::new()),
             fails_on: pick!(fails_on, Vec::new()),
         }
@@ -289,6 +299,7 @@ mod tests {
         assert!(Scenario::from_toml_str("[models.a]\nability = 1.3").is_err());
         assert!(Scenario::from_toml_str("[models.a]\nsequence = [{kind = \"status\", stauts = 1}]").is_err());
         assert!(Scenario::from_toml_str("[models.a]\nsequence = [{kind = \"nope\"}]").is_err());
+        assert!(Scenario::from_toml_str("[models.a]\nfail_mix = [{kind = \"status\", status = 42}]").is_err());
     }
 
     #[test]

@@ -135,8 +135,8 @@ impl Shared {
     }
 
     /// Registers a request to `model` and decides its behaviour: the next
-    /// `sequence` entry if any is left, else `fail_with` with probability
-    /// `fail_rate`, else `ok`.
+    /// `sequence` entry if any is left, else, with probability `fail_rate`,
+    /// one of `fail_mix` (uniformly) or `fail_with`, else `ok`.
     pub fn begin_request(
         self: &Arc<Self>,
         api: Api,
@@ -160,10 +160,12 @@ impl Shared {
                 .rngs
                 .entry(model.to_string())
                 .or_insert_with(|| StdRng::seed_from_u64(seed ^ fnv1a(model.as_bytes())));
-            if rng.random_bool(config.fail_rate.clamp(0.0, 1.0)) {
+            if !rng.random_bool(config.fail_rate.clamp(0.0, 1.0)) {
+                Behavior::Ok
+            } else if config.fail_mix.is_empty() {
                 config.fail_with.clone()
             } else {
-                Behavior::Ok
+                config.fail_mix[rng.random_range(0..config.fail_mix.len())].clone()
             }
         } else {
             Behavior::Ok

@@ -634,6 +634,65 @@ async fn fail_rate_is_seeded() {
 }
 
 #[tokio::test]
+async fn fail_mix_picks_among_the_faults_at_the_fail_rate() {
+    let fake = Fake::toml(
+        "seed = 3\n[models.f]\nfail_rate = 0.5\nfail_mix = [{ kind = \"status\", status = 500 }, \
+         { kind = \"status\", status = 429 }, { kind = \"wrong_content_type\" }]",
+    )
+    .await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let resp = fake.openai(chat("f", "hi")).await;
+        let ct = resp.headers()["content-type"].to_str().expect("ascii").to_string();
+        let key = match resp.status().as_u16() {
+            200 if ct.starts_with("text/html") => "html",
+            200 => "ok",
+            500 => "500",
+            429 => "429",
+            other => panic!("unexpected {other}"),
+        };
+        *seen.entry(key).or_insert(0u32) += 1;
+    }
+    let faults = 200 - seen["ok"];
+    assert!((70..=130).contains(&faults), "{seen:?}");
+    for k in ["500", "429", "html"] {
+        assert!(seen.get(k).is_some_and(|n| *n >= 15), "{k} too rare: {seen:?}");
+    }
+    assert_eq!(fake.stats().await["models"]["f"]["faults"], faults);
+}
+
+#[tokio::test]
+async fn malformed_json_in_a_stream_is_a_broken_event_before_any_output() {
+    let fake = Fake::toml("[defaults]\nfail_rate = 1.0\nfail_with = { kind = \"malformed_json\" }").await;
+    let mut body = chat("m", "hi");
+    body["stream"] = json!(true);
+    let resp = fake.openai(body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.expect("a complete body");
+    let events = sse_events(&text);
+    let json: Vec<Result<Value, _>> = events.iter().map(|(_, d)| serde_json::from_str::<Value>(d)).collect();
+    assert!(
+        json[0].as_ref().is_ok_and(|v| v["choices"][0]["delta"]["role"] == "assistant"),
+        "{text}"
+    );
+    assert!(json[1].is_err(), "the second event must be broken: {text}");
+    assert_eq!(events.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
+
+    let mut body = messages("m", "hi");
+    body["stream"] = json!(true);
+    let resp = fake.anthropic(body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = sse_events(&resp.text().await.expect("a complete body"));
+    assert_eq!(events[0].0.as_deref(), Some("message_start"));
+    assert!(serde_json::from_str::<Value>(&events[0].1).is_ok());
+    assert_eq!(events[1].0.as_deref(), Some("content_block_start"));
+    assert!(serde_json::from_str::<Value>(&events[1].1).is_err());
+    assert_eq!(events.last().and_then(|(e, _)| e.as_deref()), Some("message_stop"));
+}
+
+#[tokio::test]
 async fn tool_calls() {
     let fake = Fake::toml("").await;
     let tools = json!([{"type": "function", "function": {

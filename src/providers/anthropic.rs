@@ -312,7 +312,8 @@ impl StreamState {
         let v: Value = match serde_json::from_str(data) {
             Ok(v) => v,
             Err(e) => {
-                self.ready.push_back(Err(ProviderError::Stream(format!("invalid event JSON: {e}"))));
+                self.ready
+                    .push_back(Err(ProviderError::Malformed(format!("invalid event JSON: {e}"))));
                 return;
             }
         };

@@ -38,7 +38,8 @@ pub enum ProviderError {
     /// A success status with a body that is not what the API promises (malformed JSON, wrong
     /// content type, missing fields).
     Malformed(String),
-    /// The response body exceeded [`MAX_RESPONSE_BYTES`].
+    /// The response body exceeded [`MAX_RESPONSE_BYTES`], or one event of a stream exceeded
+    /// [`sse::MAX_EVENT_BYTES`].
     Oversized,
     /// A stream that broke after it started (dropped connection, missing terminator, error event).
     Stream(String),
@@ -123,7 +124,11 @@ impl std::fmt::Display for ProviderError {
             ProviderError::Connect(m) => write!(f, "connection failed: {m}"),
             ProviderError::Timeout { phase } => write!(f, "timed out ({phase})"),
             ProviderError::Malformed(m) => write!(f, "malformed upstream response: {m}"),
-            ProviderError::Oversized => write!(f, "upstream response larger than {MAX_RESPONSE_BYTES} bytes"),
+            ProviderError::Oversized => write!(
+                f,
+                "upstream response too large (limits: {MAX_RESPONSE_BYTES} bytes per body, {} bytes per stream event)",
+                sse::MAX_EVENT_BYTES
+            ),
             ProviderError::Stream(m) => write!(f, "upstream stream failed: {m}"),
         }
     }

@@ -20,6 +20,9 @@ pub(crate) fn drive<T: SseTranslator>(chunks: &[&[u8]], mut translator: T) -> Ve
                 break;
             }
         }
+        if !done && parser.too_large() {
+            ready.push_back(Err(ProviderError::Oversized));
+        }
         while let Some(item) = ready.pop_front() {
             let failed = item.is_err();
             out.push(item);

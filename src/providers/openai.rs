@@ -117,7 +117,7 @@ fn parse_chunk(data: &str) -> Result<ChatChunk, ProviderError> {
             {
                 return Err(ProviderError::Stream(format!("upstream error event: {msg}")));
             }
-            Err(ProviderError::Stream(format!("invalid chunk JSON: {e}")))
+            Err(ProviderError::Malformed(format!("invalid chunk JSON: {e}")))
         }
     }
 }

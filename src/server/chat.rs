@@ -440,10 +440,10 @@ pub async fn chat_completions(
     match crate::auth::admit(&principal, &state.config, &parsed.route, &decision) {
         Ok(reservation) => guard.reservation = reservation,
         Err(refused) => {
-            guard.finish("rejected", 429, Some(refused.error.message.clone())).await;
-            let mut resp = error_response(refused.error.clone(), &id, 0);
-            refused.add_headers(resp.headers_mut());
-            return resp;
+            guard
+                .finish("rejected", refused.status.as_u16(), Some(refused.message.clone()))
+                .await;
+            return error_response(refused, &id, 0);
         }
     }
 

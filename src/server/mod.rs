@@ -158,6 +158,13 @@ pub async fn serve(
     let mut rx2 = rx;
     let app = router(state.clone());
     learning::spawn_sighup_reload(state.clone());
+    // Without TCP_NODELAY, every SSE chunk after the first waits for the client's delayed ACK
+    // (Nagle's algorithm): ~40 ms of added latency per round of a stream.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("could not set TCP_NODELAY: {e}");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = rx2.wait_for(|v| *v).await;
         tracing::info!("shutdown requested: no new connections; draining in-flight requests");

@@ -204,6 +204,10 @@ base_url = "http://127.0.0.1:{fake_port}/v1"
 name = "dead"
 kind = "openai"
 base_url = "http://127.0.0.1:{dead_port}/v1"
+[[providers]]
+name = "dead-anthropic"
+kind = "anthropic"
+base_url = "http://127.0.0.1:{dead_port}/v1"
 "#,
             max_body = self.max_body_bytes,
             grace = self.shutdown_grace_ms,
@@ -584,16 +588,18 @@ impl Gateway {
 
     /// A streaming chat request, read to the end of the body.
     pub async fn stream(&self, body: &Value) -> StreamReply {
+        self.stream_with(body, &[]).await
+    }
+
+    pub async fn stream_with(&self, body: &Value, headers: &[(&str, &str)]) -> StreamReply {
         let mut body = body.clone();
         body["stream"] = json!(true);
+        let mut rb = self.http.post(format!("{}/v1/chat/completions", self.url)).json(&body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
         let t0 = Instant::now();
-        let resp = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST stream");
+        let resp = rb.send().await.expect("POST stream");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let raw = resp.text().await.expect("reading the stream body to its end");
@@ -605,6 +611,36 @@ impl Gateway {
         let r = self.get(&format!("/v1/decisions/{id}")).await;
         assert_eq!(r.status, 200, "GET /v1/decisions/{id}: {}", r.text);
         r.body
+    }
+
+    /// The ids of every record in the decision log, read through `GET /v1/decisions` page by
+    /// page (newest first).
+    pub async fn decision_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/decisions?limit=500&cursor={c}"),
+                None => "/v1/decisions?limit=500".to_string(),
+            };
+            let page = self.get(&path).await;
+            assert_eq!(page.status, 200, "GET {path}: {}", page.text);
+            for r in page.body["data"].as_array().expect("data") {
+                ids.push(r["id"].as_str().expect("id").to_string());
+            }
+            match page.body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return ids,
+            }
+        }
+    }
+
+    /// The number of rows in the decision log's SQLite file (read while the router runs).
+    pub fn count_records(&self) -> i64 {
+        let conn = rusqlite::Connection::open(&self.db_path).expect("open the decision log");
+        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+        conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))
+            .expect("count the decisions")
     }
 
     /// The decision record of a reply (from its `x-ladder-decision-id`).
@@ -810,6 +846,17 @@ impl StreamReply {
             .expect("x-ladder-attempts is a number")
     }
 
+    /// The body read as a whole reply (for a stream request answered with an error).
+    pub fn as_reply(&self) -> Reply {
+        Reply {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: serde_json::from_str(&self.raw).unwrap_or(Value::Null),
+            text: self.raw.clone(),
+            elapsed: self.elapsed,
+        }
+    }
+
     /// True when the last event is `[DONE]`.
     pub fn done(&self) -> bool {
         self.events.last().is_some_and(|e| e == "[DONE]")
@@ -884,4 +931,105 @@ pub fn always(upstream: &str, behavior: Value) -> Value {
 
 pub fn status(code: u16) -> Value {
     json!({"kind": "status", "status": code})
+}
+
+/// `usage` of a completion or chunk as `(prompt, completion, total)`; each must be present.
+pub fn usage_of(v: &Value) -> (u64, u64, u64) {
+    let u = &v["usage"];
+    (
+        u["prompt_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.prompt_tokens missing: {v}")),
+        u["completion_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.completion_tokens missing: {v}")),
+        u["total_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage.total_tokens missing: {v}")),
+    )
+}
+
+/// A well-formed non-streamed OpenAI completion from `model` (status, shape, content, usage,
+/// `x-ladder-model`).
+pub fn assert_openai_completion(r: &Reply, model: &str) {
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    let b = &r.body;
+    assert!(b["id"].as_str().is_some_and(|s| !s.is_empty()), "id: {b}");
+    assert_eq!(b["object"], "chat.completion");
+    assert!(b["created"].as_u64().is_some_and(|c| c > 0), "created: {b}");
+    assert_eq!(b["model"], json!(model));
+    assert_eq!(b["choices"][0]["index"], 0);
+    assert_eq!(b["choices"][0]["message"]["role"], "assistant");
+    assert!(!r.content().trim().is_empty(), "empty content: {b}");
+    assert_eq!(b["choices"][0]["finish_reason"], "stop");
+    let (p, c, t) = usage_of(b);
+    assert!(p > 0 && c > 0, "usage: {b}");
+    assert_eq!(t, p + c);
+    assert_eq!(r.model().as_deref(), Some(model));
+}
+
+/// A well-formed OpenAI stream from `model`: chunks, content, a finish reason, the usage chunk
+/// last when asked for, and one `[DONE]` at the end.
+pub fn assert_stream_shape(s: &StreamReply, model: &str, with_usage: bool) {
+    assert_eq!(s.status, 200, "{}", s.raw);
+    assert_eq!(s.header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(s.model().as_deref(), Some(model));
+    assert!(s.done(), "stream does not end with [DONE]: {}", s.raw);
+    assert_eq!(s.events.iter().filter(|e| *e == "[DONE]").count(), 1);
+    let chunks = s.chunks();
+    assert!(chunks.len() >= 2, "{}", s.raw);
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+        assert_eq!(c["model"], json!(model), "{c}");
+        assert!(c.get("error").is_none(), "{c}");
+    }
+    assert!(!s.content().trim().is_empty(), "no streamed content: {}", s.raw);
+    assert!(
+        chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"),
+        "no finish_reason chunk: {}",
+        s.raw
+    );
+    let usage_chunks: Vec<&Value> = chunks.iter().filter(|c| c.get("usage").is_some_and(|u| !u.is_null())).collect();
+    if with_usage {
+        assert_eq!(usage_chunks.len(), 1, "expected one usage chunk: {}", s.raw);
+        let u = usage_chunks[0];
+        assert_eq!(u, chunks.last().unwrap(), "the usage chunk comes last");
+        assert_eq!(u["choices"], json!([]));
+        let (p, c, t) = usage_of(u);
+        assert!(p > 0 && c > 0 && t == p + c, "{u}");
+    } else {
+        assert!(usage_chunks.is_empty(), "usage chunk sent without include_usage: {}", s.raw);
+    }
+}
+
+/// A stream from `model` that broke after output started: content, then an explicit error event
+/// (`stream_interrupted`) last, and no `[DONE]`.
+pub fn assert_stream_error_end(s: &StreamReply, model: &str) {
+    assert_eq!(s.status, 200);
+    assert_eq!(s.model().as_deref(), Some(model));
+    assert!(!s.done(), "a broken stream must not end with [DONE]: {}", s.raw);
+    assert!(!s.raw.contains("[DONE]"), "{}", s.raw);
+    let chunks = s.chunks();
+    let last = chunks.last().expect("events");
+    let e = &last["error"];
+    assert!(e.is_object(), "the last event is not an error: {}", s.raw);
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(e["type"], "server_error");
+    assert_eq!(e["code"], "stream_interrupted");
+    assert!(chunks[..chunks.len() - 1].iter().all(|c| c.get("error").is_none()));
+    assert!(!s.content().is_empty(), "output should have started before the failure: {}", s.raw);
+}
+
+/// Run the assertions in `check`; a failure becomes a line in `problems` (prefixed with `what`)
+/// instead of ending the test, for tests that report many cases at once.
+pub fn check(problems: &mut Vec<String>, what: &str, check: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        problems.push(format!("{what}: {msg}"));
+    }
 }
