@@ -530,6 +530,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = Config::from_toml(include_str!("../docs/ladder.example.toml")).unwrap();
+        let gemini = c.provider("gemini").unwrap();
+        assert_eq!(gemini.kind, ProviderKind::Gemini);
+        assert_eq!(gemini.effective_base_url(), ProviderKind::Gemini.default_base_url());
+        assert_eq!(c.model("gemini-flash").unwrap().upstream_id(), "gemini-2.5-flash");
+    }
+
+    #[test]
     fn gemini_kind_has_a_default_base_url() {
         let gemini = GOOD.replace("kind = \"openai\"", "kind = \"gemini\"\napi_key_env = \"GEMINI_API_KEY\"");
         let c = Config::from_toml(&gemini.replace("base_url = \"http://127.0.0.1:9000/v1\"", "")).unwrap();

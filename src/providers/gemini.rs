@@ -245,7 +245,7 @@ pub fn translate_request(req: &ChatRequest, signatures: Option<&ThoughtSignature
                     .tool_call_id
                     .as_deref()
                     .and_then(|id| call_names.get(id).copied())
-                    .or(m.name.as_deref())
+                    .or(m.name.as_deref().filter(|n| !n.is_empty()))
                     .ok_or_else(|| {
                         unsupported(format!(
                             "messages[{i}]: no earlier assistant tool call has id '{}', and Gemini needs the function's name",
