@@ -477,6 +477,21 @@ async fn fallback_from_a_gemini_rung_to_the_next() {
         assert_eq!(attempt_summary(&gw.record_of(&s.headers).await), expect, "streaming, {behavior}");
     }
 
+    // Answers that fail Ladder's checks: an empty candidate, MAX_TOKENS (finish_reason length
+    // although the caller set no limit), a refusal.
+    for (style, check) in [("empty", "empty_content"), ("truncated", "truncated"), ("refusal", "refusal")] {
+        gw.set_scenario(always(UP_MID, json!({"kind": "bad", "style": style}))).await;
+        let r = gw.chat(&req("mid", PROMPT)).await;
+        assert_openai_completion(&r, "top");
+        let expect = [format!("mid:check_failed:{check}"), "top:ok".to_string()];
+        assert_eq!(attempt_summary(&gw.record_of(&r.headers).await), expect, "{style}");
+        if style == "empty" {
+            let s = gw.stream(&req("mid", PROMPT)).await;
+            assert_stream_shape(&s, "top", false);
+            assert_eq!(attempt_summary(&gw.record_of(&s.headers).await), expect, "streaming, {style}");
+        }
+    }
+
     // A stream cut before its first output falls back; one cut after it ends with an error event.
     gw.set_scenario(always(UP_MID, json!({"kind": "drop_stream", "after_chunks": 0})))
         .await;
