@@ -3,18 +3,22 @@
 //! must not panic, and checks what it can:
 //!
 //! - `chat_request`: `POST /v1/chat/completions` parsing and validation (the server's own
-//!   `parse`), then routing, logging helpers and both upstream translations of what it accepts.
+//!   `parse`), then routing, logging helpers and the upstream translations of what it accepts
+//!   (a Gemini request must also be one Gemini takes: contents, roles, no empty parts).
 //! - `hints`: the `x-ladder-task` header and the `ladder` body field.
 //! - `sse`: the SSE parser; any split of the bytes into network chunks gives the same events.
 //! - `anthropic_response`: Messages API response JSON to an OpenAI completion.
 //! - `stream_translation`: OpenAI and Anthropic SSE bodies to OpenAI chunks, chunking-independent.
+//! - `gemini_response`: Gemini `GenerateContentResponse` JSON to an OpenAI completion.
+//! - `gemini_stream`: Gemini SSE bodies to OpenAI chunks, chunking-independent, with unique tool
+//!   call ids and every chunk after the first error absent.
 
 #![allow(dead_code)]
 
 use axum::http::{HeaderMap, HeaderValue};
 use ladder::config::Config;
 use ladder::providers::sse::SseParser;
-use ladder::providers::{anthropic, openai};
+use ladder::providers::{anthropic, gemini, openai};
 use ladder::router::{self, ScoreSource, Scores};
 use ladder::server::{AppState, SharedState};
 use ladder::task::Task;
@@ -30,6 +34,8 @@ pub const TARGETS: &[Target] = &[
     ("sse", sse),
     ("anthropic_response", anthropic_response),
     ("stream_translation", stream_translation),
+    ("gemini_response", gemini_response),
+    ("gemini_stream", gemini_stream),
 ];
 
 const CONFIG: &str = r#"
@@ -47,6 +53,9 @@ base_url = "http://127.0.0.1:9/v1"
 name = "a"
 kind = "anthropic"
 base_url = "http://127.0.0.1:9/v1"
+[[providers]]
+name = "g"
+kind = "gemini"
 [[models]]
 name = "small"
 provider = "o"
@@ -65,6 +74,14 @@ max_output_tokens = 8000
 capabilities = ["tools", "vision"]
 quality = { default = 0.9 }
 fallbacks = ["small"]
+[[models]]
+name = "gem"
+provider = "g"
+input_price = 0.3
+output_price = 2.5
+context_window = 1000000
+capabilities = ["tools", "vision", "json"]
+quality = { default = 0.85 }
 "#;
 
 fn state() -> &'static SharedState {
@@ -104,7 +121,40 @@ fn parse_and_follow(headers: &HeaderMap, body: &[u8]) {
         let _ = anthropic::translate_request(&parsed.req, m, false);
         let _ = anthropic::translate_request(&parsed.req, m, true);
     }
+    if let Ok(body) = gemini::translate_request(&parsed.req, None) {
+        check_gemini_request(&body);
+    }
     serde_json::to_vec(&parsed.req).expect("an accepted request re-serialises");
+}
+
+/// What the Gemini API insists on: at least one content, roles `user`/`model`, every part with
+/// exactly one data field and no empty text.
+fn check_gemini_request(body: &Value) {
+    let contents = body["contents"].as_array().expect("contents is an array");
+    assert!(!contents.is_empty(), "empty contents: {body}");
+    let system = body.get("systemInstruction").map(std::slice::from_ref).unwrap_or_default();
+    for c in contents.iter().chain(system) {
+        if c.get("role").is_some() {
+            assert!(c["role"] == "user" || c["role"] == "model", "role: {c}");
+        }
+        let parts = c["parts"].as_array().expect("parts is an array");
+        assert!(!parts.is_empty(), "a content without parts: {body}");
+        for p in parts {
+            let data = ["text", "inlineData", "fileData", "functionCall", "functionResponse"]
+                .iter()
+                .filter(|k| p.get(**k).is_some())
+                .count();
+            assert_eq!(data, 1, "a part needs exactly one data field: {p}");
+            if let Some(t) = p.get("text") {
+                assert!(t.as_str().is_some_and(|t| !t.is_empty()), "empty text part: {p}");
+            }
+            for call in ["functionCall", "functionResponse"] {
+                if let Some(c) = p.get(call) {
+                    assert!(c["name"].as_str().is_some_and(|n| !n.is_empty()), "{call} without a name: {p}");
+                }
+            }
+        }
+    }
 }
 
 pub fn chat_request(data: &[u8]) {
@@ -193,5 +243,41 @@ pub fn stream_translation(data: &[u8]) {
     // the executor's empty-content check handles.)
     let whole = run(&[body]);
     let split = run(&split_points(body));
+    assert_eq!(normalise(whole), normalise(split), "chunking changed the translation");
+}
+
+pub fn gemini_response(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+    if let Ok(c) = gemini::translate_response(&v, "gem") {
+        assert!(!c.choices.is_empty(), "a completion without choices");
+        for choice in &c.choices {
+            for call in choice.message.tool_calls.iter().flatten() {
+                let args = call["function"]["arguments"].as_str().expect("arguments are a string");
+                assert!(
+                    serde_json::from_str::<Value>(args).is_ok_and(|a| a.is_object()),
+                    "arguments: {args}"
+                );
+            }
+        }
+        serde_json::to_vec(&c).expect("a translated completion serialises");
+    }
+}
+
+/// A Gemini SSE body: chunking-independent, nothing after an error, unique tool call ids.
+pub fn gemini_stream(data: &[u8]) {
+    let whole = gemini::translate_sse_chunks(&[data], "gem");
+    if let Some(i) = whole.iter().position(Result::is_err) {
+        assert_eq!(i + 1, whole.len(), "chunks after an error");
+    }
+    let mut ids = std::collections::HashSet::new();
+    for chunk in whole.iter().flatten() {
+        for choice in &chunk.choices {
+            for call in choice.delta.tool_calls.iter().flatten() {
+                let id = call["id"].as_str().expect("a streamed tool call has an id");
+                assert!(ids.insert(id.to_string()), "tool call id {id} repeated");
+            }
+        }
+    }
+    let split = gemini::translate_sse_chunks(&split_points(data), "gem");
     assert_eq!(normalise(whole), normalise(split), "chunking changed the translation");
 }

@@ -4,8 +4,9 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s each, every target)
 #
 # Targets (bodies in fuzz/common.rs): chat_request, hints, sse, anthropic_response,
-# stream_translation. Needs cargo-fuzz (`cargo install cargo-fuzz`) and a C++ compiler. Works on
-# stable Rust: RUSTC_BOOTSTRAP=1 lets stable rustc take the -Z flags cargo-fuzz passes. The
+# stream_translation, gemini_response, gemini_stream. Needs cargo-fuzz (`cargo install
+# cargo-fuzz`) and a C++ compiler. Works on stable Rust: RUSTC_BOOTSTRAP=1 lets stable rustc
+# take the -Z flags cargo-fuzz passes. The
 # sanitizer is `none` by default (AddressSanitizer needs a nightly standard library); on nightly,
 # FUZZ_SANITIZER=address turns it on.
 #
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(chat_request hints sse anthropic_response stream_translation)
+[ ${#targets[@]} -eq 0 ] && targets=(chat_request hints sse anthropic_response stream_translation gemini_response gemini_stream)
 san=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}

@@ -260,6 +260,19 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic Messages API.
     Anthropic,
+    /// Google Gemini API (`generateContent` / `streamGenerateContent`).
+    Gemini,
+}
+
+impl ProviderKind {
+    /// The base URL used when a provider of this kind sets none (only kinds with one canonical
+    /// endpoint have a default).
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::Openai | ProviderKind::Anthropic => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,11 +280,20 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
-    /// e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
-    pub base_url: String,
+    /// e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`; optional for kinds with
+    /// a default ([`ProviderKind::default_base_url`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
     /// Name of the environment variable holding the API key (keys are never written in config).
     #[serde(default)]
     pub api_key_env: Option<String>,
+}
+
+impl ProviderConfig {
+    /// The configured base URL, else the kind's default.
+    pub fn effective_base_url(&self) -> Option<&str> {
+        self.base_url.as_deref().or(self.kind.default_base_url())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,8 +387,11 @@ impl Config {
             if !seen.insert(p.name.as_str()) {
                 bail!("providers[{i}].name: duplicate provider '{}'", p.name);
             }
-            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
-                bail!("providers[{i}].base_url: '{}' is not an http(s) URL", p.base_url);
+            let Some(base_url) = p.effective_base_url() else {
+                bail!("providers[{i}].base_url: required for kind '{}'", kind_name(p.kind));
+            };
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                bail!("providers[{i}].base_url: '{base_url}' is not an http(s) URL");
             }
             if let Some(env) = &p.api_key_env
                 && (env.is_empty() || env.contains(char::is_whitespace))
@@ -451,6 +476,14 @@ impl Config {
     }
 }
 
+fn kind_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gemini",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +524,38 @@ mod tests {
         let bad = GOOD.replace("code = 0.4", "poetry = 0.4");
         let e = Config::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("poetry"), "{e}");
+        let bad = GOOD.replace("base_url = \"http://127.0.0.1:9000/v1\"", "");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("providers[0].base_url: required for kind 'openai'"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = Config::from_toml(include_str!("../docs/ladder.example.toml")).unwrap();
+        let gemini = c.provider("gemini").unwrap();
+        assert_eq!(gemini.kind, ProviderKind::Gemini);
+        assert_eq!(gemini.effective_base_url(), ProviderKind::Gemini.default_base_url());
+        assert_eq!(c.model("gemini-flash").unwrap().upstream_id(), "gemini-2.5-flash");
+    }
+
+    #[test]
+    fn gemini_kind_has_a_default_base_url() {
+        let gemini = GOOD.replace("kind = \"openai\"", "kind = \"gemini\"\napi_key_env = \"GEMINI_API_KEY\"");
+        let c = Config::from_toml(&gemini.replace("base_url = \"http://127.0.0.1:9000/v1\"", "")).unwrap();
+        assert_eq!(c.providers[0].kind, ProviderKind::Gemini);
+        assert_eq!(
+            c.providers[0].effective_base_url(),
+            Some("https://generativelanguage.googleapis.com/v1beta")
+        );
+        let c = Config::from_toml(&gemini).unwrap();
+        assert_eq!(c.providers[0].effective_base_url(), Some("http://127.0.0.1:9000/v1"));
+        let e = Config::from_toml(&gemini.replace("http://127.0.0.1:9000/v1", "ftp://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers[0].base_url: 'ftp://x' is not an http(s) URL"), "{e}");
+        let e = Config::from_toml(&gemini.replace("GEMINI_API_KEY", "GEMINI KEY"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers[0].api_key_env"), "{e}");
     }
 }

@@ -1,11 +1,12 @@
 //! `ladder demo`: the router and a fake provider fleet in one process, with an example catalogue,
 //! so that a newcomer sees routing and fallback with no API keys.
 //!
-//! The fleet is one [`crate::fake_provider`] server speaking both the OpenAI and the Anthropic
-//! wire formats. The catalogue has three rungs across the two provider kinds: `mini` (cheap,
-//! OpenAI-compatible), `sonnet-ish` (mid, Anthropic, flaky: 30% of calls fail with 503) and
-//! `frontier` (expensive, OpenAI-compatible). After start-up the demo sends a short tour of
-//! requests through the router and prints what happened to each, then keeps serving.
+//! The fleet is one [`crate::fake_provider`] server speaking the OpenAI, Anthropic and Gemini
+//! wire formats. The catalogue has four rungs across the three provider kinds: `mini` (cheap,
+//! OpenAI-compatible), `flash` (cheap-mid, Gemini API), `sonnet-ish` (mid, Anthropic, flaky: 30%
+//! of calls fail with 503) and `frontier` (expensive, OpenAI-compatible). After start-up the demo
+//! sends a short tour of requests through the router and prints what happened to each, then keeps
+//! serving.
 
 use crate::config::Config;
 use std::path::Path;
@@ -17,6 +18,9 @@ seed = 7
 ability = 0.75
 output_tokens = 24
 bad_answer = "refusal"
+[models.gemini-flash]
+ability = 0.78
+output_tokens = 30
 [models.claude-mid]
 ability = 0.8
 fail_rate = 0.3
@@ -66,6 +70,11 @@ name = "fake-anthropic"
 kind = "anthropic"
 base_url = "http://{FAKE}/v1"
 
+[[providers]]
+name = "fake-gemini"
+kind = "gemini"
+base_url = "http://{FAKE}/v1beta"
+
 [[models]]
 name = "mini"
 provider = "fake-openai"
@@ -75,6 +84,16 @@ output_price = 0.6
 context_window = 16000
 capabilities = ["json"]
 quality = { default = 0.72, code = 0.55, math = 0.5, reasoning = 0.5, chat = 0.85, translation = 0.75 }
+
+[[models]]
+name = "flash"
+provider = "fake-gemini"
+upstream = "gemini-flash"
+input_price = 0.3
+output_price = 2.5
+context_window = 1000000
+capabilities = ["json", "tools", "vision"]
+quality = { default = 0.8, code = 0.7, math = 0.68, reasoning = 0.7, chat = 0.86, translation = 0.85 }
 
 [[models]]
 name = "sonnet-ish"
@@ -146,6 +165,14 @@ pub fn tour() -> Vec<TourStop> {
             Some(("x-ladder-task", "code")),
         ),
         stop(
+            "named model (Gemini API)",
+            json!({"model": "flash", "messages": [
+                {"role": "system", "content": "Answer in one sentence."},
+                {"role": "user", "content": "What does a model router do?"}
+            ]}),
+            None,
+        ),
+        stop(
             "named model (flaky upstream)",
             json!({"model": "sonnet-ish", "messages": [{"role": "user", "content": "Summarize: Ladder picks the cheapest model likely to succeed and escalates when it fails."}]}),
             None,
@@ -192,7 +219,9 @@ pub async fn run(listen: &str, tour_only: bool) -> anyhow::Result<()> {
     }));
 
     println!("Ladder demo: router on http://{addr}, fake providers on http://{fake_addr}");
-    println!("catalogue: mini (cheap, openai-kind) < sonnet-ish (mid, anthropic-kind, 30% 503s) < frontier (openai-kind)");
+    println!(
+        "catalogue: mini (cheap, openai-kind) < flash (gemini-kind) < sonnet-ish (mid, anthropic-kind, 30% 503s) < frontier (openai-kind)"
+    );
     println!("classifier: {}\n", state.scorer.describe());
     let http = reqwest::Client::new();
     println!("{:<30} {:<12} {:<9} {:<12} decision id", "request", "model", "attempts", "outcome");

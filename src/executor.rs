@@ -417,6 +417,24 @@ impl Executor {
             )
             .with_retry_after(rate_limit_wait(attempts, t0.elapsed().as_millis() as u64));
         }
+        let errors: Vec<&Attempt> = attempts.iter().filter(|a| a.status == "error").collect();
+        if !errors.is_empty()
+            && errors
+                .iter()
+                .all(|a| a.error_kind.as_deref() == Some(crate::providers::UNSUPPORTED_KIND))
+        {
+            // No upstream was even asked: the request uses something none of them can take.
+            let why: Vec<String> = errors
+                .iter()
+                .map(|a| format!("{}: {}", a.model, a.reason.as_deref().unwrap_or("unsupported")))
+                .collect();
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                crate::providers::UNSUPPORTED_KIND,
+                format!("no model in the chain can take this request ({})", why.join("; ")),
+            );
+        }
         match last {
             Some(ProviderError::Timeout { .. }) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

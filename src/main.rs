@@ -36,7 +36,7 @@ enum Command {
         #[command(subcommand)]
         command: ladder::auth::cli::KeysCommand,
     },
-    /// Run a local fake of the upstream APIs (OpenAI chat completions and Anthropic Messages).
+    /// Run a local fake of the upstream APIs (OpenAI chat completions, Anthropic Messages, Gemini).
     FakeProvider {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,

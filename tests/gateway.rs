@@ -3,7 +3,7 @@
 //!
 //! Every test starts its own pair (see `common`), so tests run in parallel. The catalogue has three
 //! rungs, `cheap` (OpenAI kind) < `mid` (Anthropic kind) < `top` (OpenAI kind); `auto` routes chat
-//! prompts to `cheap` first and climbs from there. Each test checks the HTTP response and the
+//! prompts to `cheap` first and climbs from there. The Gemini tests put `mid` on the Gemini API. Each test checks the HTTP response and the
 //! decision record read back through `GET /v1/decisions/{id}`.
 
 mod common;
@@ -309,6 +309,364 @@ async fn fallback_from_anthropic_rung_to_the_next() {
         let rec = gw.record_of(&s.headers).await;
         assert_eq!(attempt_summary(&rec), expect);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. A Gemini-kind rung (`Opts::gemini_mid`: cheap (OpenAI) < mid (Gemini) < top (OpenAI)).
+// ---------------------------------------------------------------------------------------------
+
+/// The body of the last request that reached the fake, with the API it came through.
+async fn last_upstream(gw: &Gateway) -> (String, Value) {
+    let log = gw.fake_requests_log().await;
+    let last = log.last().expect("the fake saw a request");
+    (last["api"].as_str().unwrap_or("?").to_string(), last["body"].clone())
+}
+
+#[tokio::test]
+async fn gemini_rung_non_stream_and_stream_success() {
+    let gw = Gateway::start_with(Opts::gemini_mid()).await;
+    let body = json!({"model": "mid", "temperature": 0.3, "max_tokens": 200, "stop": ["\n\n\n"], "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "An earlier question."},
+        {"role": "assistant", "content": "An earlier answer."},
+        {"role": "user", "content": PROMPT},
+    ]});
+    let r = gw.chat(&body).await;
+    assert_openai_completion(&r, "mid");
+    let rec = gw.record_of(&r.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:ok"]);
+    assert_eq!(rec["outcome"], "success");
+    assert_eq!(rec["attempts"][0]["provider"], "fake-gemini");
+    let (p, c, _) = usage_of(&r.body);
+    assert_eq!(rec["attempts"][0]["prompt_tokens"], p);
+    assert_eq!(rec["attempts"][0]["completion_tokens"], c);
+    assert_cost(&rec, 0, 1.0, 5.0);
+
+    // What went upstream: Gemini's own request shape, to the Gemini endpoint of the upstream id.
+    let (api, sent) = last_upstream(&gw).await;
+    assert_eq!(api, "gemini");
+    assert_eq!(sent["systemInstruction"], json!({"parts": [{"text": "You are terse."}]}));
+    let roles: Vec<&str> = sent["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "model", "user"]);
+    assert_eq!(sent["contents"][2]["parts"][0]["text"], PROMPT);
+    assert_eq!(
+        sent["generationConfig"],
+        json!({"temperature": 0.3, "maxOutputTokens": 200, "stopSequences": ["\n\n\n"]})
+    );
+    let stats = gw.fake_stats().await;
+    assert_eq!(stats["models"][UP_MID]["gemini_requests"], 1, "{stats}");
+    assert_eq!(stats["models"][UP_MID]["completion_tokens"], c, "the fake's own count: {stats}");
+
+    // Streamed, without and with usage: the same answer, the same usage and cost.
+    let s = gw.stream(&body).await;
+    assert_stream_shape(&s, "mid", false);
+    assert_eq!(s.content(), r.content());
+    let rec = gw.record_of(&s.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:ok"]);
+    assert_eq!(rec["attempts"][0]["completion_tokens"], c);
+    assert_cost(&rec, 0, 1.0, 5.0);
+    let mut with_usage = body.clone();
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let s = gw.stream(&with_usage).await;
+    assert_stream_shape(&s, "mid", true);
+    assert_eq!(s.chunks().last().unwrap()["usage"], r.body["usage"]);
+
+    // `auto` climbs from cheap through the Gemini rung.
+    gw.set_scenario(always(UP_CHEAP, status(503))).await;
+    let r = gw.chat(&req("auto", PROMPT)).await;
+    assert_openai_completion(&r, "mid");
+    let rec = gw.record_of(&r.headers).await;
+    assert_eq!(attempt_summary(&rec), ["cheap:error:http_503", "cheap:error:http_503", "mid:ok"]);
+
+    let stats = gw.fake_stats().await;
+    assert_eq!(stats["models"][UP_MID]["gemini_requests"], 4, "{stats}");
+    assert_eq!(stats["models"][UP_MID]["stream_requests"], 2, "{stats}");
+    assert_eq!(stats["rejected"], 0, "the fake rejected a request Ladder sent: {stats}");
+}
+
+#[tokio::test]
+async fn fallback_from_a_gemini_rung_to_the_next() {
+    let gw = Gateway::start_with(Opts::gemini_mid()).await;
+    for (behavior, kind, tries) in [
+        (status(503), "http_503", 2),
+        (status(500), "http_500", 2),
+        (status(429), "http_429", 2),
+        (json!({"kind": "malformed_json"}), "malformed_response", 1),
+        (json!({"kind": "wrong_content_type"}), "malformed_response", 1),
+        (json!({"kind": "reset"}), "connect_error", 2),
+    ] {
+        gw.set_scenario(always(UP_MID, behavior.clone())).await;
+        let mut expect: Vec<String> = (0..tries).map(|_| format!("mid:error:{kind}")).collect();
+        expect.push("top:ok".into());
+        let r = gw.chat(&req("mid", PROMPT)).await;
+        assert_openai_completion(&r, "top");
+        let rec = gw.record_of(&r.headers).await;
+        assert_eq!(attempt_summary(&rec), expect, "{behavior}");
+        assert_eq!(rec["outcome"], "escalated");
+        let s = gw.stream(&req("mid", PROMPT)).await;
+        assert_stream_shape(&s, "top", false);
+        assert_eq!(attempt_summary(&gw.record_of(&s.headers).await), expect, "streaming, {behavior}");
+    }
+
+    // Answers that fail Ladder's checks: an empty candidate, MAX_TOKENS (finish_reason length
+    // although the caller set no limit), a refusal.
+    for (style, check) in [("empty", "empty_content"), ("truncated", "truncated"), ("refusal", "refusal")] {
+        gw.set_scenario(always(UP_MID, json!({"kind": "bad", "style": style}))).await;
+        let r = gw.chat(&req("mid", PROMPT)).await;
+        assert_openai_completion(&r, "top");
+        let expect = [format!("mid:check_failed:{check}"), "top:ok".to_string()];
+        assert_eq!(attempt_summary(&gw.record_of(&r.headers).await), expect, "{style}");
+        if style == "empty" {
+            let s = gw.stream(&req("mid", PROMPT)).await;
+            assert_stream_shape(&s, "top", false);
+            assert_eq!(attempt_summary(&gw.record_of(&s.headers).await), expect, "streaming, {style}");
+        }
+    }
+
+    // A stream cut before its first output falls back; one cut after it ends with an error event.
+    gw.set_scenario(always(UP_MID, json!({"kind": "drop_stream", "after_chunks": 0})))
+        .await;
+    let s = gw.stream(&req("mid", PROMPT)).await;
+    assert_stream_shape(&s, "top", false);
+    assert_eq!(
+        attempt_summary(&gw.record_of(&s.headers).await),
+        ["mid:error:stream_error", "top:ok"]
+    );
+    gw.set_scenario(always(UP_MID, json!({"kind": "drop_stream", "after_chunks": 2})))
+        .await;
+    let top_before = gw.upstream_requests(UP_TOP).await;
+    let s = gw.stream(&req("mid", PROMPT)).await;
+    assert_stream_error_end(&s, "mid");
+    let rec = gw.record_of(&s.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:error:stream_error"]);
+    assert_eq!(rec["outcome"], "stream_failed");
+    assert_eq!(gw.upstream_requests(UP_TOP).await, top_before, "no fallback once output started");
+
+    // A 400 INVALID_ARGUMENT blames the request: it goes back to the caller.
+    gw.set_scenario(always(UP_MID, status(400))).await;
+    let r = gw.chat(&req("mid", PROMPT)).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.api_error().1, "upstream_rejected_request");
+    assert!(r.api_error().2.contains("INVALID_ARGUMENT"), "{}", r.text);
+    assert_eq!(attempt_summary(&gw.record_of(&r.headers).await), ["mid:error:http_400"]);
+    assert_eq!(gw.upstream_requests(UP_TOP).await, top_before);
+    assert_eq!(gw.fake_stats().await["rejected"], 0);
+}
+
+#[tokio::test]
+async fn gemini_rate_limits_wait_for_retry_info() {
+    let gw = Gateway::start_with(Opts::gemini_mid()).await;
+    // Gemini says how long to wait in the error body (RetryInfo), not in a header.
+    gw.set_scenario(json!({"models": {UP_MID: {"sequence": [
+        {"kind": "status", "status": 429, "retry_after_s": 1}, {"kind": "ok"}
+    ]}}}))
+    .await;
+    let r = gw.chat(&req("mid", PROMPT)).await;
+    assert_openai_completion(&r, "mid");
+    assert!(r.elapsed >= Duration::from_millis(1000), "retried after {:?}", r.elapsed);
+    let rec = gw.record_of(&r.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:error:http_429", "mid:ok"]);
+    let gap = rec["attempts"][1]["started_ms"].as_u64().unwrap() - rec["attempts"][0]["started_ms"].as_u64().unwrap();
+    assert!(gap >= 1000, "second attempt {gap} ms after the first");
+    assert!(
+        rec["attempts"][0]["reason"].as_str().unwrap().contains("RESOURCE_EXHAUSTED"),
+        "{rec}"
+    );
+
+    // Longer than retries.max_retry_after_ms: the next rung at once.
+    gw.set_scenario(json!({"models": {UP_MID: {"sequence": [
+        {"kind": "status", "status": 429, "retry_after_s": 30}
+    ]}}}))
+    .await;
+    let r = gw.chat(&req("mid", PROMPT)).await;
+    assert_openai_completion(&r, "top");
+    assert!(r.elapsed < Duration::from_millis(1500), "waited {:?}", r.elapsed);
+    assert_eq!(attempt_summary(&gw.record_of(&r.headers).await), ["mid:error:http_429", "top:ok"]);
+}
+
+#[tokio::test]
+async fn a_bad_gemini_key_escalates_and_never_leaks() {
+    let secret = format!("AIza-leaktest-{}", uuid::Uuid::new_v4().simple());
+    let gw = Gateway::start_with(Opts {
+        provider_key_env: Some("LADDER_TEST_UPSTREAM_KEY"),
+        gemini_key_env: Some("LADDER_TEST_GEMINI_KEY"),
+        env: vec![
+            ("LADDER_TEST_UPSTREAM_KEY".into(), "the-right-key".into()),
+            ("LADDER_TEST_GEMINI_KEY".into(), secret.clone()),
+        ],
+        scenario: "seed = 1\napi_key = \"the-right-key\"\necho_api_key = true\n".into(),
+        ..Opts::gemini_mid()
+    })
+    .await;
+    // Gemini answers a bad key with 400 API_KEY_INVALID (echoing it, here): not the caller's fault.
+    let mut texts = Vec::new();
+    let r = gw.chat(&req("mid", PROMPT)).await;
+    assert_openai_completion(&r, "top");
+    let rec = gw.record_of(&r.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:error:http_401", "top:ok"]);
+    let reason = rec["attempts"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("API_KEY_INVALID") && reason.contains("[redacted]"), "{reason}");
+    texts.push(r.text);
+    texts.push(rec.to_string());
+    let s = gw.stream(&req("mid", PROMPT)).await;
+    assert_stream_shape(&s, "top", false);
+    let rec = gw.record_of(&s.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:error:http_401", "top:ok"]);
+    texts.push(s.raw);
+    texts.push(rec.to_string());
+    // Both Gemini requests carried a key, the wrong one (a missing key would be a 403).
+    assert_eq!(gw.fake_stats().await["rejected"], 2);
+    texts.push(gw.ladder.logs());
+    for t in &texts {
+        assert!(!t.contains(&secret), "the Gemini key leaked: {t}");
+    }
+}
+
+#[tokio::test]
+async fn gemini_tool_calls_round_trip() {
+    let gw = Gateway::start_with(Opts::gemini_mid()).await;
+    let tools = json!([{"type": "function", "function": {
+        "name": "lookup",
+        "description": "Look something up",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"], "additionalProperties": false}
+    }}]);
+    let mut body = req("mid", "Look up the weather in Paris.");
+    body["tools"] = tools.clone();
+    body["tool_choice"] = json!("required");
+    let r = gw.chat(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["choices"][0]["finish_reason"], "tool_calls");
+    let message = r.body["choices"][0]["message"].clone();
+    let call = &message["tool_calls"][0];
+    let id = call["id"].as_str().unwrap().to_string();
+    assert!(
+        id.starts_with("call_") && id.len() <= 40 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "an id OpenAI and Anthropic upstreams accept too: {id}"
+    );
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "lookup");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["q"].is_string(), "{args}");
+    let rec = gw.record_of(&r.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:ok"]);
+    assert_cost(&rec, 0, 1.0, 5.0);
+    let (_, sent) = last_upstream(&gw).await;
+    let decl = &sent["tools"][0]["functionDeclarations"][0];
+    assert_eq!(decl["name"], "lookup");
+    assert_eq!(
+        decl["parametersJsonSchema"]["additionalProperties"], false,
+        "JSON Schema as is: {sent}"
+    );
+    assert_eq!(sent["toolConfig"], json!({"functionCallingConfig": {"mode": "ANY"}}));
+
+    // Streamed: the call arrives whole, then finish_reason tool_calls.
+    let s = gw.stream(&body).await;
+    assert_eq!(s.status, 200, "{}", s.raw);
+    assert!(s.done(), "{}", s.raw);
+    let calls: Vec<Value> = s
+        .chunks()
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{}", s.raw);
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "lookup");
+    assert_eq!(
+        serde_json::from_str::<Value>(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap(),
+        args
+    );
+    assert!(
+        s.chunks().iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"),
+        "{}",
+        s.raw
+    );
+
+    // The conversation goes on with the tool's result: the call goes back with the thought
+    // signature the upstream gave it, the result as a functionResponse named after the call.
+    let follow = |model: &str, message: &Value, id: &str| {
+        json!({"model": model, "tools": tools, "messages": [
+            {"role": "user", "content": "Look up the weather in Paris."},
+            message,
+            {"role": "tool", "tool_call_id": id, "content": "{\"temp_c\": 18}"},
+        ]})
+    };
+    let r = gw.chat(&follow("mid", &message, &id)).await;
+    assert_openai_completion(&r, "mid");
+    let (_, sent) = last_upstream(&gw).await;
+    let part = &sent["contents"][1]["parts"][0];
+    assert_eq!(part["functionCall"]["name"], "lookup");
+    assert!(
+        part["thoughtSignature"].as_str().is_some_and(|s| s.starts_with("ZmFrZS10aG91Z2h0")),
+        "the fake's own signature came back: {part}"
+    );
+    assert_eq!(
+        sent["contents"][2]["parts"][0],
+        json!({"functionResponse": {"name": "lookup", "response": {"temp_c": 18}}})
+    );
+
+    // A call some other model made: Google's placeholder signature.
+    let mut foreign = message.clone();
+    foreign["tool_calls"][0]["id"] = json!("call_made_elsewhere");
+    let r = gw.chat(&follow("mid", &foreign, "call_made_elsewhere")).await;
+    assert_openai_completion(&r, "mid");
+    let (_, sent) = last_upstream(&gw).await;
+    assert_eq!(
+        sent["contents"][1]["parts"][0]["thoughtSignature"],
+        "skip_thought_signature_validator"
+    );
+
+    // And the Gemini-made call can move on to an OpenAI-kind rung.
+    let r = gw.chat(&follow("top", &message, &id)).await;
+    assert_openai_completion(&r, "top");
+    assert_eq!(gw.fake_stats().await["rejected"], 0);
+}
+
+#[tokio::test]
+async fn what_gemini_cannot_take_goes_to_the_next_rung() {
+    let gw = Gateway::start_with(Opts::gemini_mid()).await;
+    let image = |url: &str| {
+        json!({"model": "mid", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]}]})
+    };
+    // A plain-http URL: Gemini fetches only https. Nothing is sent; the next rung answers.
+    let r = gw.chat(&image("http://images.example/cat")).await;
+    assert_openai_completion(&r, "top");
+    let rec = gw.record_of(&r.headers).await;
+    assert_eq!(attempt_summary(&rec), ["mid:error:unsupported_request", "top:ok"]);
+    assert!(rec["attempts"][0]["http_status"].is_null());
+    assert_eq!(gw.upstream_requests(UP_MID).await, 0, "nothing went to the Gemini upstream");
+    assert_eq!(gw.circuit("mid").await, "closed");
+
+    // With only the Gemini rung allowed, the caller learns why.
+    let mut only_mid = image("http://images.example/cat");
+    only_mid["ladder"] = json!({"models": ["mid"]});
+    let r = gw.chat(&only_mid).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let (kind, code, message) = r.api_error();
+    assert_eq!((kind.as_str(), code.as_str()), ("invalid_request_error", "unsupported_request"));
+    assert!(message.contains("https://"), "{message}");
+
+    // Data URLs and https URLs with a known type are sent (inlineData, fileData).
+    let r = gw.chat(&image("data:image/png;base64,iVBORw0KGgo=")).await;
+    assert_openai_completion(&r, "mid");
+    let (_, sent) = last_upstream(&gw).await;
+    assert_eq!(
+        sent["contents"][0]["parts"][1],
+        json!({"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}})
+    );
+    let r = gw.chat(&image("https://images.example/cat.webp")).await;
+    assert_openai_completion(&r, "mid");
+    let (_, sent) = last_upstream(&gw).await;
+    assert_eq!(sent["contents"][0]["parts"][1]["fileData"]["mimeType"], "image/webp");
+    assert_eq!(gw.fake_stats().await["rejected"], 0);
 }
 
 #[tokio::test]

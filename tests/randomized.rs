@@ -64,6 +64,10 @@ const TOKENS: &[&[u8]] = &[
     b"\"type\":\"tool_use\"",
     b"\"stop_reason\":\"max_tokens\"",
     b"{\"type\":\"message_stop\"}",
+    b"\"finishReason\":\"STOP\"",
+    b"\"functionCall\":{\"name\":\"f\",\"args\":{}}",
+    b"{\"error\":{\"code\":503}}",
+    b"\"thought\":true",
     b"\"index\":4294967296",
 ];
 
@@ -176,7 +180,28 @@ fn stream_translation() {
 }
 
 #[test]
+fn gemini_response() {
+    run("gemini_response", targets::gemini_response);
+}
+
+#[test]
+fn gemini_stream() {
+    run("gemini_stream", targets::gemini_stream);
+}
+
+#[test]
 fn every_target_is_tested() {
     let names: Vec<&str> = targets::TARGETS.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["chat_request", "hints", "sse", "anthropic_response", "stream_translation"]);
+    assert_eq!(
+        names,
+        [
+            "chat_request",
+            "hints",
+            "sse",
+            "anthropic_response",
+            "stream_translation",
+            "gemini_response",
+            "gemini_stream"
+        ]
+    );
 }

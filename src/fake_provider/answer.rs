@@ -1,6 +1,6 @@
 //! Answer synthesis: what a fake model "says".
 //!
-//! This part is API-neutral: the OpenAI and Anthropic front ends extract a
+//! This part is API-neutral: the OpenAI, Anthropic and Gemini front ends extract a
 //! [`Prompt`] and a [`GenRequest`] from their own wire format, call
 //! [`generate`], and render the resulting [`Answer`] in their own wire format.
 //!

@@ -315,6 +315,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         model,
         stream,
         include_usage: false,
+        json_array_stream: false,
         prompt: Prompt { user_text, total_chars },
         format: OutputFormat::Text,
         max_tokens: Some(max_tokens),

@@ -1,10 +1,12 @@
-//! The API-neutral request pipeline shared by both front ends.
+//! The API-neutral request pipeline shared by the front ends.
 //!
-//! `POST /v1/chat/completions` and `POST /v1/messages` run the same steps:
+//! `POST /v1/chat/completions`, `POST /v1/messages` and
+//! `POST /v1beta/models/{model}:generateContent` (or `:streamGenerateContent`)
+//! run the same steps:
 //!
 //! 1. read the body, check auth (and for Anthropic the `anthropic-version`
 //!    header), parse and validate the JSON like the real API would
-//!    ([`openai::parse`] / [`anthropic::parse`]);
+//!    ([`openai::parse`] / [`anthropic::parse`] / [`gemini::parse`]);
 //! 2. pick the model's behaviour for this request (scripted `sequence`, then
 //!    seeded `fail_rate`, else normal) and record stats;
 //! 3. wait `latency_ms`, then either inject the fault or synthesize an answer
@@ -16,7 +18,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -26,7 +28,7 @@ use super::answer::{self, Answer, GenRequest, OutputFormat, Prompt, ToolRequest}
 use super::net::{ConnKill, Frame, ScriptedBody};
 use super::scenario::{Behavior, Scenario};
 use super::state::{Api, AppState, InFlightGuard, LoggedRequest};
-use super::{anthropic, openai};
+use super::{anthropic, gemini, openai};
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -38,6 +40,8 @@ pub(crate) struct Parsed {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Gemini `streamGenerateContent` without `alt=sse`: the chunks as one JSON array.
+    pub json_array_stream: bool,
     pub prompt: Prompt,
     pub format: OutputFormat,
     pub max_tokens: Option<u64>,
@@ -52,11 +56,15 @@ pub(crate) struct ApiError {
     pub message: String,
     /// OpenAI `param`.
     pub param: Option<String>,
-    /// Overrides the error type the front end would derive from the status.
+    /// Overrides the error type the front end would derive from the status (Gemini: the RPC
+    /// `status`).
     pub kind: Option<&'static str>,
-    /// OpenAI `code`; derived from the status when `None`.
+    /// OpenAI `code`, derived from the status when `None` (Gemini: an `ErrorInfo` reason).
     pub code: Option<&'static str>,
     pub headers: Vec<(HeaderName, String)>,
+    /// How long the client should wait (Gemini says so in a `RetryInfo` detail, the others in
+    /// `headers`). (u32 keeps the error small.)
+    pub retry_delay_ms: Option<u32>,
 }
 
 impl ApiError {
@@ -68,6 +76,7 @@ impl ApiError {
             kind: None,
             code: None,
             headers: Vec::new(),
+            retry_delay_ms: None,
         }
     }
 
@@ -117,10 +126,13 @@ pub(crate) fn error_response(api: Api, err: ApiError) -> Response {
     let body = match api {
         Api::Openai => openai::error_body(&err),
         Api::Anthropic => anthropic::error_body(&err, &request_id),
+        Api::Gemini => gemini::error_body(&err),
     };
     let mut resp = (err.status, axum::Json(body)).into_response();
     let headers = resp.headers_mut();
-    insert_header(headers, request_id_header(api), &request_id);
+    if let Some(name) = request_id_header(api) {
+        insert_header(headers, name, &request_id);
+    }
     if api == Api::Anthropic {
         insert_header(headers, HeaderName::from_static("x-should-retry"), {
             let retry = err.status == StatusCode::TOO_MANY_REQUESTS || err.status.is_server_error();
@@ -133,10 +145,19 @@ pub(crate) fn error_response(api: Api, err: ApiError) -> Response {
     resp
 }
 
-fn request_id_header(api: Api) -> HeaderName {
+fn request_id_header(api: Api) -> Option<HeaderName> {
     match api {
-        Api::Openai => HeaderName::from_static("x-request-id"),
-        Api::Anthropic => HeaderName::from_static("request-id"),
+        Api::Openai => Some(HeaderName::from_static("x-request-id")),
+        Api::Anthropic => Some(HeaderName::from_static("request-id")),
+        Api::Gemini => None,
+    }
+}
+
+/// The content type of a JSON response (Gemini names its charset).
+fn json_content_type(api: Api) -> &'static str {
+    match api {
+        Api::Gemini => "application/json; charset=UTF-8",
+        Api::Openai | Api::Anthropic => "application/json",
     }
 }
 
@@ -147,7 +168,7 @@ fn insert_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// Checks the API key, if the scenario requires one.
-fn check_auth(api: Api, scenario: &Scenario, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_auth(api: Api, scenario: &Scenario, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
     let Some(expected) = scenario.api_key.as_deref() else {
         return Ok(());
     };
@@ -182,6 +203,39 @@ fn check_auth(api: Api, scenario: &Scenario, headers: &HeaderMap) -> Result<(), 
             Some(Ok(key)) if scenario.echo_api_key => Err(unauthorized(&format!("invalid x-api-key: {key}"))),
             Some(_) => Err(unauthorized("invalid x-api-key")),
         },
+        Api::Gemini => {
+            // The header, else the `key` query parameter.
+            let from_query = query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|kv| kv.strip_prefix("key="))
+                .map(str::to_string);
+            let key = match headers.get("x-goog-api-key") {
+                Some(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                None => from_query,
+            };
+            match key {
+                None => {
+                    let mut e = ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "Method doesn't allow unregistered callers (callers without established identity). \
+                         Please use API Key or other form of API consumer identity to call this API.",
+                    );
+                    e.code = Some("SERVICE_DISABLED");
+                    Err(e)
+                }
+                Some(key) if key.trim() == expected => Ok(()),
+                // Gemini answers a wrong key with a 400, not a 401.
+                Some(key) => {
+                    let message = if scenario.echo_api_key {
+                        format!("API key not valid: {key}. Please pass a valid API key.")
+                    } else {
+                        "API key not valid. Please pass a valid API key.".to_string()
+                    };
+                    Err(ApiError::invalid(message).code("API_KEY_INVALID"))
+                }
+            }
+        }
     }
 }
 
@@ -200,7 +254,7 @@ fn logged_headers(headers: &HeaderMap) -> std::collections::BTreeMap<String, Str
         })
         .map(|(name, value)| {
             let n = name.as_str();
-            let v = if n == "authorization" || n == "x-api-key" {
+            let v = if n == "authorization" || n == "x-api-key" || n == "x-goog-api-key" {
                 "<redacted>".to_string()
             } else {
                 String::from_utf8_lossy(value.as_bytes()).into_owned()
@@ -220,13 +274,44 @@ pub(crate) async fn anthropic_messages(State(state): State<AppState>, req: Reque
     handle(state, Api::Anthropic, req).await
 }
 
+/// `POST /v1beta/models/{model}:{method}`: `generateContent` or `streamGenerateContent`.
+pub(crate) async fn gemini_generate(State(state): State<AppState>, Path(target): Path<String>, req: Request) -> Response {
+    let (model, method) = target.rsplit_once(':').unwrap_or((target.as_str(), ""));
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => {
+            let message = format!("Method not found: models/{target}");
+            return error_response(Api::Gemini, ApiError::new(StatusCode::NOT_FOUND, message));
+        }
+    };
+    let sse = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
+    let target = GeminiTarget {
+        model: model.to_string(),
+        stream,
+        json_array: stream && !sse,
+    };
+    handle_target(state, Api::Gemini, req, Some(target)).await
+}
+
+/// What a Gemini request's path says (the other APIs carry it in the body).
+struct GeminiTarget {
+    model: String,
+    stream: bool,
+    json_array: bool,
+}
+
 async fn handle(state: AppState, api: Api, req: Request) -> Response {
+    handle_target(state, api, req, None).await
+}
+
+async fn handle_target(state: AppState, api: Api, req: Request, target: Option<GeminiTarget>) -> Response {
     let (parts, body) = req.into_parts();
     let kill = parts.extensions.get::<ConnectInfo<ConnKill>>().map(|ConnectInfo(k)| k.clone());
     let scenario = state.scenario();
 
     let checked = async {
-        check_auth(api, &scenario, &parts.headers)?;
+        check_auth(api, &scenario, &parts.headers, parts.uri.query())?;
         if api == Api::Anthropic && !parts.headers.contains_key("anthropic-version") {
             return Err(ApiError::invalid("anthropic-version: header is required"));
         }
@@ -235,9 +320,10 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
             .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("could not read request body: {e}")))?;
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid(format!("We could not parse the JSON body of your request. ({e})")))?;
-        let parsed = match api {
-            Api::Openai => openai::parse(&json, scenario.is_strict())?,
-            Api::Anthropic => anthropic::parse(&json, scenario.is_strict())?,
+        let parsed = match (api, &target) {
+            (Api::Gemini, Some(t)) => gemini::parse(&json, scenario.is_strict(), &t.model, t.stream, t.json_array)?,
+            (Api::Anthropic, _) => anthropic::parse(&json, scenario.is_strict())?,
+            _ => openai::parse(&json, scenario.is_strict())?,
         };
         Ok((json, parsed))
     }
@@ -284,6 +370,11 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let message = message.unwrap_or_else(|| default_error_message(status).to_string());
             let mut err = ApiError::new(status, message);
+            if api == Api::Gemini {
+                let ms = retry_after_ms.or(retry_after_s.map(|s| s.saturating_mul(1000)));
+                err.retry_delay_ms = ms.map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
+                return error_response(api, err);
+            }
             if let Some(ms) = retry_after_ms {
                 err.headers.push((HeaderName::from_static("retry-after-ms"), ms.to_string()));
             }
@@ -324,7 +415,7 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
             }
             let full = render_json(api, &ctx).to_string();
             let cut = &full.as_bytes()[..full.len() / 2];
-            return raw_response("application/json", Bytes::copy_from_slice(cut));
+            return raw_response(json_content_type(api), Bytes::copy_from_slice(cut));
         }
         Behavior::WrongContentType => {
             state.note_fault(&model);
@@ -362,7 +453,12 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
                 frames.insert(0, Frame::Data(Bytes::from(comment)));
             }
         }
-        event_stream_response(frames, delay, guard)
+        let content_type = if parsed.json_array_stream {
+            json_content_type(api)
+        } else {
+            "text/event-stream"
+        };
+        event_stream_response(frames, delay, guard, content_type)
     } else {
         let mut value = render_json(api, &ctx);
         if let Some(target) = oversized {
@@ -379,15 +475,17 @@ async fn handle(state: AppState, api: Api, req: Request) -> Response {
         };
         let mut resp = Response::new(body);
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(json_content_type(api)));
         if drop_after.is_some() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
         drop(guard);
         resp
     };
-    let request_id = format!("req_{}", random_id());
-    insert_header(resp.headers_mut(), request_id_header(api), &request_id);
+    if let Some(name) = request_id_header(api) {
+        let request_id = format!("req_{}", random_id());
+        insert_header(resp.headers_mut(), name, &request_id);
+    }
     resp
 }
 
@@ -395,28 +493,36 @@ fn stream_frames(api: Api, ctx: &RenderCtx<'_>, drop_after: Option<usize>) -> Ve
     match api {
         Api::Openai => openai::stream_frames(ctx, drop_after),
         Api::Anthropic => anthropic::stream_frames(ctx, drop_after),
+        Api::Gemini => gemini::stream_frames(ctx, drop_after),
     }
 }
 
-fn event_stream_response(frames: Vec<Frame>, delay: Duration, guard: InFlightGuard) -> Response {
+fn event_stream_response(frames: Vec<Frame>, delay: Duration, guard: InFlightGuard, content_type: &'static str) -> Response {
     let body = ScriptedBody::new(frames, delay, Some(guard)).into_body();
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
-/// `malformed_json` on a stream: a well-formed event stream whose second event (the first
-/// content chunk for OpenAI, `content_block_start` for Anthropic; before any output either way)
-/// carries JSON cut in half. The rest of the stream follows unchanged, terminator included.
+/// `malformed_json` on a stream: a well-formed event stream whose first event with output
+/// (OpenAI: the second, after the role chunk; Anthropic: `content_block_start`, the second;
+/// Gemini: the first, which already carries text) arrives with its JSON cut in half, so the
+/// stream breaks before any output reaches the client. The rest follows unchanged.
 fn malformed_stream(api: Api, ctx: &RenderCtx<'_>, guard: InFlightGuard) -> Response {
     let mut frames = stream_frames(api, ctx, None);
-    if let Some(Frame::Data(event)) = frames.get_mut(1) {
+    let broken = match api {
+        Api::Openai | Api::Anthropic => 1,
+        Api::Gemini => 0,
+    };
+    if let Some(Frame::Data(event)) = frames.get_mut(broken) {
         *event = truncate_event_json(event);
     }
-    let mut resp = event_stream_response(frames, Duration::ZERO, guard);
-    insert_header(resp.headers_mut(), request_id_header(api), &format!("req_{}", random_id()));
+    let mut resp = event_stream_response(frames, Duration::ZERO, guard, "text/event-stream");
+    if let Some(name) = request_id_header(api) {
+        insert_header(resp.headers_mut(), name, &format!("req_{}", random_id()));
+    }
     resp
 }
 
@@ -424,7 +530,7 @@ fn malformed_stream(api: Api, ctx: &RenderCtx<'_>, guard: InFlightGuard) -> Resp
 /// half, the event still terminated).
 fn truncate_event_json(event: &Bytes) -> Bytes {
     let text = String::from_utf8_lossy(event);
-    let body = text.trim_end_matches('\n');
+    let body = text.trim_end_matches(['\r', '\n']);
     let json_at = body.rfind("data: ").map_or(0, |i| i + "data: ".len());
     let mut cut = json_at + (body.len() - json_at) / 2;
     while !body.is_char_boundary(cut) {
@@ -452,6 +558,8 @@ fn synthesize(
     let id = match api {
         Api::Openai => format!("chatcmpl-{}", random_id()),
         Api::Anthropic => format!("msg_{}", random_id()),
+        // Gemini's `responseId` (no prefix).
+        Api::Gemini => random_id(),
     };
     (answer::generate(&gen_req), id)
 }
@@ -469,6 +577,7 @@ fn render_json(api: Api, ctx: &RenderCtx<'_>) -> Value {
     match api {
         Api::Openai => openai::render(ctx),
         Api::Anthropic => anthropic::render(ctx),
+        Api::Gemini => gemini::render(ctx),
     }
 }
 

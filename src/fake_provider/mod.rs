@@ -1,8 +1,10 @@
 //! A faithful local fake of upstream LLM provider HTTP APIs.
 //!
 //! The fake provider speaks the **OpenAI Chat Completions** API
-//! (`POST /v1/chat/completions`) and the **Anthropic Messages** API
-//! (`POST /v1/messages`), streaming and non-streaming, with scriptable model
+//! (`POST /v1/chat/completions`), the **Anthropic Messages** API
+//! (`POST /v1/messages`) and the **Gemini** API
+//! (`POST /v1beta/models/{model}:generateContent` / `:streamGenerateContent`),
+//! streaming and non-streaming, with scriptable model
 //! quality, latency and faults. Tests, benchmarks and the
 //! `ladder fake-provider` / `ladder demo` subcommands point Ladder at it
 //! instead of a real provider.
@@ -11,7 +13,7 @@
 //! are handled as `serde_json::Value` and written from the public API
 //! references, so a translation bug in Ladder cannot be mirrored here and
 //! cancel out. Requests are validated about as strictly as the real APIs do
-//! (see [`openai`] and [`anthropic`]).
+//! (see [`openai`], [`anthropic`] and [`gemini`]).
 //!
 //! # Behaviour
 //!
@@ -29,7 +31,9 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions |
 //! | `POST /v1/messages` | Anthropic Messages |
+//! | `POST /v1beta/models/{model}:generateContent` | Gemini; `:streamGenerateContent?alt=sse` streams (a JSON array without `alt=sse`) |
 //! | `GET /v1/models` | models of the scenario (Anthropic shape if `anthropic-version` is sent) |
+//! | `GET /v1beta/models` | models of the scenario, Gemini shape |
 //! | `GET /healthz` | liveness |
 //! | `PUT /_fake/scenario` | replace the scenario (JSON, or TOML with a `toml` content type); resets sequence counters |
 //! | `GET /_fake/scenario` | the live scenario as JSON |
@@ -49,6 +53,7 @@
 
 mod answer;
 mod anthropic;
+mod gemini;
 mod handler;
 mod net;
 mod openai;
@@ -132,6 +137,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(handler::openai_chat))
         .route("/v1/messages", post(handler::anthropic_messages))
         .route("/v1/models", get(list_models))
+        .route("/v1beta/models", get(list_gemini_models))
+        .route("/v1beta/models/{target}", post(handler::gemini_generate))
         .route("/healthz", get(healthz))
         .route("/_fake/scenario", get(get_scenario).put(put_scenario))
         .route("/_fake/stats", get(get_stats))
@@ -190,8 +197,29 @@ async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Respo
             "first_id": names.first(),
             "last_id": names.last(),
         }),
+        Api::Gemini => gemini::models_list(&names),
     };
     Json(body).into_response()
+}
+
+/// `GET /v1beta/models`: Gemini's list shape; `x-goog-api-key` or `?key=` when a key is set.
+async fn list_gemini_models(State(state): State<AppState>, req: Request) -> Response {
+    let scenario = state.scenario();
+    if let Some(expected) = scenario.api_key.as_deref() {
+        let header = req.headers().get("x-goog-api-key").and_then(|v| v.to_str().ok());
+        let query = req
+            .uri()
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("key="));
+        if header.or(query) != Some(expected) {
+            let err = ApiError::invalid("API key not valid. Please pass a valid API key.").code("API_KEY_INVALID");
+            return error_response(Api::Gemini, err);
+        }
+    }
+    let names: Vec<&str> = scenario.model_names().collect();
+    Json(gemini::models_list(&names)).into_response()
 }
 
 async fn get_scenario(State(state): State<AppState>) -> Response {

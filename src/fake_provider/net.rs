@@ -207,16 +207,13 @@ impl Stream for ScriptedBody {
         if this.done {
             return Poll::Ready(None);
         }
-        // Pace every frame but the first. Data sent before an abort gets a
-        // moment to be flushed: hyper buffers writes, and failing the body
-        // right after a data frame could discard it unsent.
+        // Pace every frame but the first. What was sent before an abort
+        // (data frames, or just the response head when the body aborts
+        // first) gets a moment to be flushed: hyper buffers writes, and
+        // failing the body right away could discard it unsent.
         let aborting = matches!(this.frames.peek(), Some(Frame::Abort));
-        let delay = if aborting && this.started {
-            this.delay.max(ABORT_FLUSH_DELAY)
-        } else {
-            this.delay
-        };
-        if this.started && !delay.is_zero() {
+        let delay = if aborting { this.delay.max(ABORT_FLUSH_DELAY) } else { this.delay };
+        if (this.started || aborting) && !delay.is_zero() {
             let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;

@@ -374,6 +374,7 @@ pub(crate) fn parse(body: &Value, strict: bool) -> Result<Parsed, ApiError> {
         model,
         stream,
         include_usage,
+        json_array_stream: false,
         prompt: Prompt { user_text, total_chars },
         format,
         max_tokens,

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Scenario {
     /// When set, requests must authenticate with this key
-    /// (`Authorization: Bearer` for OpenAI, `x-api-key` for Anthropic).
+    /// (`Authorization: Bearer` for OpenAI, `x-api-key` for Anthropic, `x-goog-api-key` or
+    /// `?key=` for Gemini).
     pub api_key: Option<String>,
     /// When true, a request with the wrong key gets a 401 whose message repeats the key it
     /// presented in full (a worst-case upstream, for testing that Ladder never passes it on).

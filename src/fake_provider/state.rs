@@ -31,6 +31,7 @@ const REQUEST_LOG_LEN: usize = 256;
 pub(crate) enum Api {
     Openai,
     Anthropic,
+    Gemini,
 }
 
 /// Per-model statistics, as reported by `GET /_fake/stats`.
@@ -41,6 +42,7 @@ pub(crate) struct ModelStats {
     pub stream_requests: u64,
     pub openai_requests: u64,
     pub anthropic_requests: u64,
+    pub gemini_requests: u64,
     /// Requests answered with a 200 answer (good or bad).
     pub answered: u64,
     pub good_answers: u64,
@@ -179,6 +181,7 @@ impl Shared {
         match api {
             Api::Openai => s.openai_requests += 1,
             Api::Anthropic => s.anthropic_requests += 1,
+            Api::Gemini => s.gemini_requests += 1,
         }
         s.in_flight += 1;
         s.max_in_flight = s.max_in_flight.max(s.in_flight);

@@ -65,14 +65,18 @@ impl Fake {
     }
 
     async fn stats(&self) -> Value {
+        self.get_json("/_fake/stats").await
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
         self.client
-            .get(self.url("/_fake/stats"))
+            .get(self.url(path))
             .send()
             .await
-            .expect("stats")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
             .json()
             .await
-            .expect("stats json")
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 }
 
@@ -101,6 +105,19 @@ fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
             (name, data)
         })
         .collect()
+}
+
+/// Reads a body that must end with an error (an aborted stream); returns what came before.
+async fn read_until_body_error(resp: reqwest::Response) -> String {
+    let mut stream = resp.bytes_stream();
+    let mut received = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(bytes) => received.extend_from_slice(&bytes),
+            Err(_) => return String::from_utf8_lossy(&received).into_owned(),
+        }
+    }
+    panic!("the body must end with an error: {}", String::from_utf8_lossy(&received));
 }
 
 #[tokio::test]
@@ -444,20 +461,7 @@ async fn drop_stream_aborts_openai_and_anthropic_streams() {
     body["stream"] = json!(true);
     let resp = fake.openai(body).await;
     assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let mut received = Vec::new();
-    let mut failed = false;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(bytes) => received.extend_from_slice(&bytes),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
-    assert!(failed, "body must end with an error");
-    let text = String::from_utf8_lossy(&received);
+    let text = read_until_body_error(resp).await;
     assert!(!text.contains("[DONE]"));
     assert_eq!(text.matches("data: ").count(), 3, "role chunk + 2 content chunks");
 
@@ -543,15 +547,7 @@ async fn control_plane_replace_and_reset() {
     assert_eq!(fake.openai(chat("a", "hi")).await.status(), 200);
     assert_eq!(fake.stats().await["models"]["a"]["requests"], 3);
 
-    let models: Value = fake
-        .client
-        .get(fake.url("/v1/models"))
-        .send()
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("json");
+    let models = fake.get_json("/v1/models").await;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "a");
 
@@ -740,4 +736,305 @@ async fn app_router_works_in_process() {
     }
     let resp = client.post(&url).json(&chat("m", "hi")).send().await.expect("sent");
     assert_eq!(resp.status(), 200);
+}
+
+impl Fake {
+    /// `POST /v1beta/models/{model}:{method}` (method with its query, e.g.
+    /// `streamGenerateContent?alt=sse`).
+    async fn gemini(&self, model: &str, method: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1beta/models/{model}:{method}")))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// [`Fake::gemini`] with `x-goog-api-key`.
+    async fn gemini_keyed(&self, model: &str, method: &str, key: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1beta/models/{model}:{method}")))
+            .header("x-goog-api-key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+fn contents(prompt: &str) -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]})
+}
+
+#[tokio::test]
+async fn gemini_non_stream_shape() {
+    let fake = Fake::toml("[models.g]\noutput_tokens = 10").await;
+    let resp = fake
+        .gemini(
+            "g",
+            "generateContent",
+            json!({
+                "system_instruction": {"parts": [{"text": "be brief"}]},
+                "contents": [{"role": "user", "parts": [{"text": "hello [difficulty=0.1]"}]}],
+                "generationConfig": {"temperature": 1.5, "topP": 0.5, "stopSequences": ["\n\n\n"]},
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json; charset=UTF-8");
+    let v: Value = resp.json().await.expect("json");
+    let c = &v["candidates"][0];
+    assert_eq!(c["content"]["role"], "model");
+    assert_eq!(c["finishReason"], "STOP");
+    assert_eq!(c["index"], 0);
+    let text = c["content"]["parts"][0]["text"].as_str().expect("text");
+    assert!(text.starts_with("Answer from g: "), "{text}");
+    assert_eq!(text.split_whitespace().count(), 10);
+    // "be brief" (8) + "hello [difficulty=0.1]" (22) = 30 chars -> 8 tokens.
+    assert_eq!(v["usageMetadata"]["promptTokenCount"], 8);
+    assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 10);
+    assert_eq!(v["usageMetadata"]["totalTokenCount"], 18);
+    assert_eq!(v["modelVersion"], "g");
+    assert!(v["responseId"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let mut body = contents("hi");
+    body["generationConfig"] = json!({"maxOutputTokens": 3});
+    let v: Value = fake.gemini("g", "generateContent", body).await.json().await.expect("json");
+    assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 3);
+
+    let mut body = contents("hi");
+    body["generationConfig"] = json!({"responseMimeType": "application/json",
+        "responseJsonSchema": {"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": false}});
+    let v: Value = fake.gemini("g", "generateContent", body).await.json().await.expect("json");
+    let text = v["candidates"][0]["content"]["parts"][0]["text"].as_str().expect("text");
+    assert_eq!(serde_json::from_str::<Value>(text).expect("JSON output"), json!({"n": 1}));
+
+    let resp = fake.gemini("g", "countTokens", contents("hi")).await;
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["status"], "NOT_FOUND");
+    assert_eq!(fake.stats().await["models"]["g"]["gemini_requests"], 3);
+}
+
+#[tokio::test]
+async fn gemini_validation() {
+    let fake = Fake::toml("").await;
+    let rejected = |body: Value, needle: &'static str| {
+        let fake = &fake;
+        async move {
+            let resp = fake.gemini("g", "generateContent", body.clone()).await;
+            assert_eq!(resp.status(), 400, "{body}");
+            let v: Value = resp.json().await.expect("json");
+            assert_eq!(v["error"]["code"], 400);
+            assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+            let msg = v["error"]["message"].as_str().expect("message");
+            assert!(msg.contains(needle), "{body}: {msg}");
+        }
+    };
+    rejected(json!({"contents": []}), "contents is not specified").await;
+    rejected(
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+        "Unknown name \"messages\"",
+    )
+    .await;
+    rejected(json!({"contents": [{"role": "system", "parts": [{"text": "x"}]}]}), "valid role").await;
+    rejected(json!({"contents": [{"role": "user", "parts": []}]}), "must not be empty").await;
+    rejected(json!({"contents": [{"role": "user", "parts": [{"text": ""}]}]}), "empty text").await;
+    rejected(
+        json!({"contents": [{"role": "user", "parts": [{"text": "a", "inlineData": {"mimeType": "image/png", "data": "AA=="}}]}]}),
+        "oneof",
+    )
+    .await;
+    rejected(
+        json!({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "not base64!"}}]}]}),
+        "Base64",
+    )
+    .await;
+    rejected(
+        json!({"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": "http://x/a.png"}}]}]}),
+        "file uri",
+    )
+    .await;
+    let mut body = contents("hi");
+    body["generationConfig"] = json!({"temperature": 2.5});
+    rejected(body, "temperature").await;
+    let mut body = contents("hi");
+    body["generationConfig"] = json!({"stopSequences": ["a", "b", "c", "d", "e", "f"]});
+    rejected(body, "must not exceed 5").await;
+    let mut body = contents("hi");
+    body["generationConfig"] = json!({"responseJsonSchema": {"type": "object"}});
+    rejected(body, "response_mime_type").await;
+    let mut body = contents("hi");
+    body["generationConfig"] =
+        json!({"responseMimeType": "application/json", "responseSchema": {"type": "object", "additionalProperties": false}});
+    rejected(body, "Unknown name \"additionalProperties\"").await;
+    let mut body = contents("hi");
+    body["generationConfig"] = json!({"max_tokens": 5});
+    rejected(body, "Unknown name \"max_tokens\" at 'generation_config'").await;
+    let mut body = contents("hi");
+    body["tools"] = json!([{"functionDeclarations": [{"name": "f", "parameters": {"type": "object", "additionalProperties": false}}]}]);
+    rejected(body, "Unknown name \"additionalProperties\"").await;
+    let mut body = contents("hi");
+    body["tools"] = json!([{"functionDeclarations": [{"name": "bad name"}]}]);
+    rejected(body, "Invalid function name").await;
+    let mut body = contents("hi");
+    body["tools"] = json!([{"functionDeclarations": [{"name": "f"}]}]);
+    body["toolConfig"] = json!({"functionCallingConfig": {"mode": "AUTO", "allowedFunctionNames": ["f"]}});
+    rejected(body, "only be set when the Mode is ANY").await;
+    let call = |signed: bool| {
+        let mut part = json!({"functionCall": {"name": "f", "args": {}}});
+        if signed {
+            part["thoughtSignature"] = json!("c2ln");
+        }
+        part
+    };
+    let turns = |model_part: Value, answer: Value| {
+        json!({"contents": [
+            {"role": "user", "parts": [{"text": "go"}]},
+            {"role": "model", "parts": [model_part]},
+            {"role": "user", "parts": answer},
+        ]})
+    };
+    let answer = json!([{"functionResponse": {"name": "f", "response": {"ok": true}}}]);
+    rejected(turns(call(false), answer.clone()), "missing a thought_signature").await;
+    rejected(
+        turns(call(true), json!([{"text": "no answer"}])),
+        "number of function response parts",
+    )
+    .await;
+    rejected(
+        json!({"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}}}]}]}),
+        "immediately after a function call turn",
+    )
+    .await;
+    assert_eq!(fake.stats().await["rejected"], 19);
+
+    // What Ladder sends: signed calls, answered; JSON schemas as is; snake_case accepted.
+    let mut ok = turns(call(true), answer);
+    ok["tools"] =
+        json!([{"function_declarations": [{"name": "f", "parametersJsonSchema": {"type": "object", "additionalProperties": false}}]}]);
+    ok["toolConfig"] = json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["f"]}});
+    let resp = fake.gemini("g", "generateContent", ok).await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+}
+
+#[tokio::test]
+async fn gemini_streams_sse_and_json_array() {
+    let fake = Fake::toml("[models.g]\noutput_tokens = 10\nchunk_delay_ms = 1").await;
+    let resp = fake.gemini("g", "streamGenerateContent?alt=sse", contents("hello")).await;
+    assert_eq!(resp.status(), 200);
+    assert!(content_type(&resp).starts_with("text/event-stream"));
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("\r\n\r\n"), "Gemini's events end with CRLF CRLF");
+    let events: Vec<Value> = text
+        .split("\r\n\r\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("data line")).expect("event json"))
+        .collect();
+    assert!(events.len() >= 3, "several events");
+    let (last, rest) = events.split_last().expect("events");
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 10);
+    assert!(rest.iter().all(|e| e["candidates"][0].get("finishReason").is_none()));
+    let streamed: String = events
+        .iter()
+        .map(|e| e["candidates"][0]["content"]["parts"][0]["text"].as_str().expect("text"))
+        .collect();
+    let whole: Value = fake
+        .gemini("g", "generateContent", contents("hello"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        streamed,
+        whole["candidates"][0]["content"]["parts"][0]["text"].as_str().expect("text")
+    );
+
+    let resp = fake.gemini("g", "streamGenerateContent", contents("hello")).await;
+    assert!(content_type(&resp).starts_with("application/json"));
+    let array: Value = resp.json().await.expect("a JSON array");
+    assert_eq!(array.as_array().expect("array").len(), events.len());
+}
+
+#[tokio::test]
+async fn gemini_auth_errors_and_faults() {
+    let fake = Fake::toml(
+        "api_key = \"sekret\"\n[models.g]\nsequence = [{kind = \"status\", status = 429, retry_after_s = 3}, \
+         {kind = \"drop_stream\", after_chunks = 2}]\noutput_tokens = 30",
+    )
+    .await;
+    let resp = fake.gemini("g", "generateContent", contents("hi")).await;
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+    let resp = fake.gemini_keyed("g", "generateContent", "wrong", contents("hi")).await;
+    assert_eq!(resp.status(), 400, "Gemini answers a bad key with 400");
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["details"][0]["reason"], "API_KEY_INVALID");
+    assert_eq!(fake.stats().await["rejected"], 2);
+
+    let resp = fake.gemini_keyed("g", "generateContent", "sekret", contents("hi")).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none(), "Gemini says it in the body");
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert_eq!(v["error"]["details"][0]["@type"], "type.googleapis.com/google.rpc.RetryInfo");
+    assert_eq!(v["error"]["details"][0]["retryDelay"], "3s");
+
+    let resp = fake
+        .client
+        .post(fake.url("/v1beta/models/g:streamGenerateContent?alt=sse&key=sekret"))
+        .json(&contents("hi"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200, "the key may be a query parameter");
+    let text = read_until_body_error(resp).await;
+    assert_eq!(text.matches("data: ").count(), 2);
+    assert!(!text.contains("finishReason"));
+
+    let models = fake.get_json("/v1beta/models?key=sekret").await;
+    assert_eq!(models["models"][0]["name"], "models/g");
+}
+
+#[tokio::test]
+async fn gemini_tool_calls() {
+    let fake = Fake::toml("").await;
+    let mut body = contents("weather?");
+    body["tools"] = json!([{"functionDeclarations": [{"name": "get_weather",
+        "parametersJsonSchema": {"type": "object", "properties": {"city": {"type": "string"}}}}]}]);
+    body["toolConfig"] = json!({"functionCallingConfig": {"mode": "ANY"}});
+    let v: Value = fake.gemini("m", "generateContent", body.clone()).await.json().await.expect("json");
+    let c = &v["candidates"][0];
+    assert_eq!(c["finishReason"], "STOP");
+    let part = &c["content"]["parts"][0];
+    assert_eq!(part["functionCall"]["name"], "get_weather");
+    assert!(part["functionCall"]["args"]["city"].is_string());
+    assert!(part["thoughtSignature"].as_str().is_some_and(is_base64_like), "{part}");
+
+    let text = fake
+        .gemini("m", "streamGenerateContent?alt=sse", body.clone())
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(text.matches("data: ").count(), 1, "a function call comes whole in one event");
+    assert!(text.contains("\"functionCall\"") && text.contains("\"finishReason\":\"STOP\""));
+
+    body["toolConfig"] = json!({"functionCallingConfig": {"mode": "NONE"}});
+    let v: Value = fake.gemini("m", "generateContent", body).await.json().await.expect("json");
+    assert!(v["candidates"][0]["content"]["parts"][0]["text"].is_string());
+}
+
+fn content_type(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("content-type")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+fn is_base64_like(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }

@@ -7,9 +7,11 @@
 //!
 //! - [`openai`]: any OpenAI-compatible Chat Completions server (OpenAI, vLLM, llama.cpp, Together...).
 //! - [`anthropic`]: the Anthropic Messages API, including its SSE event types.
-//! - [`sse`]: a small incremental Server-Sent-Events parser both adapters share.
+//! - [`gemini`]: the Google Gemini API (`generateContent`, `streamGenerateContent?alt=sse`).
+//! - [`sse`]: a small incremental Server-Sent-Events parser the adapters share.
 
 pub mod anthropic;
+pub mod gemini;
 mod offline;
 pub mod openai;
 pub mod sse;
@@ -43,6 +45,10 @@ pub enum ProviderError {
     Oversized,
     /// A stream that broke after it started (dropped connection, missing terminator, error event).
     Stream(String),
+    /// The request cannot be expressed in this upstream's API (e.g. an image URL the upstream
+    /// cannot fetch), so nothing was sent. Not the upstream's fault and not necessarily the
+    /// caller's: the next rung may take it.
+    Unsupported(String),
 }
 
 impl ProviderError {
@@ -55,6 +61,7 @@ impl ProviderError {
             ProviderError::Malformed(_) => "malformed_response".into(),
             ProviderError::Oversized => "oversized_response".into(),
             ProviderError::Stream(_) => "stream_error".into(),
+            ProviderError::Unsupported(_) => UNSUPPORTED_KIND.into(),
         }
     }
 
@@ -80,6 +87,7 @@ impl ProviderError {
     pub fn trips_breaker(&self) -> bool {
         match self {
             ProviderError::Status { status, .. } => *status == 429 || *status >= 500 || *status == 401 || *status == 403,
+            ProviderError::Unsupported(_) => false,
             _ => true,
         }
     }
@@ -112,6 +120,7 @@ impl ProviderError {
             ProviderError::Connect(m) => ProviderError::Connect(mask(m)),
             ProviderError::Malformed(m) => ProviderError::Malformed(mask(m)),
             ProviderError::Stream(m) => ProviderError::Stream(mask(m)),
+            ProviderError::Unsupported(m) => ProviderError::Unsupported(mask(m)),
             e @ (ProviderError::Timeout { .. } | ProviderError::Oversized) => e,
         }
     }
@@ -130,9 +139,13 @@ impl std::fmt::Display for ProviderError {
                 sse::MAX_EVENT_BYTES
             ),
             ProviderError::Stream(m) => write!(f, "upstream stream failed: {m}"),
+            ProviderError::Unsupported(m) => write!(f, "request not supported by this upstream: {m}"),
         }
     }
 }
+
+/// [`ProviderError::kind`] of [`ProviderError::Unsupported`].
+pub const UNSUPPORTED_KIND: &str = "unsupported_request";
 
 /// A stream of OpenAI-shaped chunks from an upstream.
 pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
@@ -142,6 +155,7 @@ pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
 pub enum Provider {
     OpenAi(openai::OpenAiProvider),
     Anthropic(anthropic::AnthropicProvider),
+    Gemini(gemini::GeminiProvider),
 }
 
 impl Provider {
@@ -154,10 +168,15 @@ impl Provider {
             ),
             None => None,
         };
-        let base = cfg.base_url.trim_end_matches('/').to_string();
+        let base = cfg
+            .effective_base_url()
+            .ok_or_else(|| anyhow::anyhow!("providers '{}': base_url is required", cfg.name))?
+            .trim_end_matches('/')
+            .to_string();
         Ok(match cfg.kind {
             ProviderKind::Openai => Provider::OpenAi(openai::OpenAiProvider::new(base, api_key, http)),
             ProviderKind::Anthropic => Provider::Anthropic(anthropic::AnthropicProvider::new(base, api_key, http)),
+            ProviderKind::Gemini => Provider::Gemini(gemini::GeminiProvider::new(base, api_key, http)),
         })
     }
 
@@ -165,6 +184,7 @@ impl Provider {
         match self {
             Provider::OpenAi(p) => p.api_key(),
             Provider::Anthropic(p) => p.api_key(),
+            Provider::Gemini(p) => p.api_key(),
         }
     }
 
@@ -172,6 +192,7 @@ impl Provider {
         let r = match self {
             Provider::OpenAi(p) => p.complete(req, model).await,
             Provider::Anthropic(p) => p.complete(req, model).await,
+            Provider::Gemini(p) => p.complete(req, model).await,
         };
         r.map_err(|e| e.redact(self.api_key()))
     }
@@ -182,6 +203,7 @@ impl Provider {
         let r = match self {
             Provider::OpenAi(p) => p.stream(req, model).await,
             Provider::Anthropic(p) => p.stream(req, model).await,
+            Provider::Gemini(p) => p.stream(req, model).await,
         };
         match (r, self.api_key()) {
             (Err(e), key) => Err(e.redact(key)),
@@ -266,19 +288,31 @@ pub(crate) async fn read_body_limited(resp: reqwest::Response, limit: usize) -> 
     Ok(buf.freeze())
 }
 
-/// Turn a non-success response into a [`ProviderError::Status`], keeping the upstream's message.
-pub(crate) async fn status_error(resp: reqwest::Response) -> ProviderError {
+/// A non-success response's status, `retry-after` and (first 64 KiB of) body.
+pub(crate) async fn error_parts(resp: reqwest::Response) -> (u16, Option<Duration>, bytes::Bytes) {
     let status = resp.status().as_u16();
     let retry_after = parse_retry_after(resp.headers());
     let body = read_body_limited(resp, 64 * 1024).await.unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    (status, retry_after, body)
+}
+
+/// The upstream's `error.message`, else the start of the body.
+pub(crate) fn error_message(error: Option<&serde_json::Value>, body: &[u8]) -> String {
+    error
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
+}
+
+/// Turn a non-success response into a [`ProviderError::Status`], keeping the upstream's message.
+pub(crate) async fn status_error(resp: reqwest::Response) -> ProviderError {
+    let (status, retry_after, body) = error_parts(resp).await;
+    let v = serde_json::from_slice::<serde_json::Value>(&body).ok();
     ProviderError::Status {
         status,
         retry_after,
-        message,
+        message: error_message(v.as_ref().and_then(|v| v.get("error")), &body),
     }
 }
 

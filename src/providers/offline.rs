@@ -34,9 +34,15 @@ pub(crate) fn drive<T: SseTranslator>(chunks: &[&[u8]], mut translator: T) -> Ve
             return out;
         }
     }
-    out.push(Err(ProviderError::Stream(format!(
-        "upstream closed the stream before {}",
-        T::TERMINATOR
-    ))));
+    if !translator.on_end(parser.has_partial(), &mut ready) {
+        ready.push_back(Err(super::sse::ended_early::<T>()));
+    }
+    for item in ready {
+        let failed = item.is_err();
+        out.push(item);
+        if failed {
+            break;
+        }
+    }
     out
 }

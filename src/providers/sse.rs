@@ -175,6 +175,23 @@ pub(crate) trait SseTranslator: Send + 'static {
         ev: &SseEvent,
         out: &mut std::collections::VecDeque<Result<crate::wire::ChatChunk, super::ProviderError>>,
     ) -> bool;
+
+    /// The body ended before `on_event` reported completion; `partial` says whether it ended in
+    /// the middle of an event. APIs whose streams have no terminator event (Gemini's simply end)
+    /// push their last chunks here and return true when the stream is complete; the default is
+    /// false: a body that ends early is an error.
+    fn on_end(
+        &mut self,
+        _partial: bool,
+        _out: &mut std::collections::VecDeque<Result<crate::wire::ChatChunk, super::ProviderError>>,
+    ) -> bool {
+        false
+    }
+}
+
+/// The error for a body that ended before the translator saw its stream complete.
+pub(crate) fn ended_early<T: SseTranslator>() -> super::ProviderError {
+    super::ProviderError::Stream(format!("upstream closed the stream before {}", T::TERMINATOR))
 }
 
 struct Pump<T> {
@@ -227,8 +244,9 @@ pub(crate) fn translate<T: SseTranslator>(resp: reqwest::Response, translator: T
                 }
                 None => {
                     st.done = true;
-                    let msg = format!("upstream closed the stream before {}", T::TERMINATOR);
-                    return Some((Err(super::ProviderError::Stream(msg)), st));
+                    if !st.translator.on_end(st.parser.has_partial(), &mut st.ready) {
+                        st.ready.push_back(Err(ended_early::<T>()));
+                    }
                 }
             }
         }

@@ -70,8 +70,10 @@ pub struct Opts {
     pub auth: bool,
     /// `[auth] refresh_ms`.
     pub auth_refresh_ms: u64,
-    /// `api_key_env` of the two fake providers.
+    /// `api_key_env` of the fake providers.
     pub provider_key_env: Option<&'static str>,
+    /// `api_key_env` of the Gemini-kind fake provider, when it differs from `provider_key_env`.
+    pub gemini_key_env: Option<&'static str>,
     /// Extra environment variables for the router process.
     pub env: Vec<(String, String)>,
 }
@@ -136,12 +138,23 @@ impl Default for Opts {
             auth: true,
             auth_refresh_ms: 5_000,
             provider_key_env: None,
+            gemini_key_env: None,
             env: Vec::new(),
         }
     }
 }
 
 impl Opts {
+    /// The default catalogue with `mid` on the Gemini-kind provider (and able to take tools,
+    /// images and JSON): `cheap` (OpenAI) < `mid` (Gemini) < `top` (OpenAI).
+    pub fn gemini_mid() -> Self {
+        let mut opts = Opts::default();
+        let mid = opts.model_mut("mid");
+        mid.provider = "fake-gemini";
+        mid.capabilities = vec!["tools", "vision", "json"];
+        opts
+    }
+
     pub fn model_mut(&mut self, name: &str) -> &mut ModelOpts {
         self.models
             .iter_mut()
@@ -199,6 +212,11 @@ name = "fake-anthropic"
 kind = "anthropic"
 base_url = "http://127.0.0.1:{fake_port}/v1"
 {key_env}
+[[providers]]
+name = "fake-gemini"
+kind = "gemini"
+base_url = "http://127.0.0.1:{fake_port}/v1beta"
+{gemini_key_env}
 # Nothing listens here: connection refused.
 [[providers]]
 name = "dead"
@@ -227,6 +245,11 @@ base_url = "http://127.0.0.1:{dead_port}/v1"
             auth_refresh = self.auth_refresh_ms,
             key_env = self
                 .provider_key_env
+                .map(|v| format!("api_key_env = \"{v}\"\n"))
+                .unwrap_or_default(),
+            gemini_key_env = self
+                .gemini_key_env
+                .or(self.provider_key_env)
                 .map(|v| format!("api_key_env = \"{v}\"\n"))
                 .unwrap_or_default(),
         );
