@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use std::fs::File;
@@ -74,6 +76,9 @@ pub struct Opts {
     pub provider_key_env: Option<&'static str>,
     /// Extra environment variables for the router process.
     pub env: Vec<(String, String)>,
+    /// A Postgres decision log (`[store] url`, password from [`pg::PASSWORD_ENV`], which the
+    /// caller puts in `env`) instead of the SQLite file in the test's directory.
+    pub store_url: Option<String>,
 }
 
 impl Default for Opts {
@@ -137,6 +142,7 @@ impl Default for Opts {
             auth_refresh_ms: 5_000,
             provider_key_env: None,
             env: Vec::new(),
+            store_url: None,
         }
     }
 }
@@ -159,7 +165,7 @@ max_body_bytes = {max_body}
 shutdown_grace_ms = {grace}
 
 [store]
-path = "{db}"
+{store}
 
 [classifier]
 enabled = false
@@ -207,7 +213,10 @@ base_url = "http://127.0.0.1:{dead_port}/v1"
 "#,
             max_body = self.max_body_bytes,
             grace = self.shutdown_grace_ms,
-            db = db.display(),
+            store = match &self.store_url {
+                Some(url) => format!("url = \"{url}\"\npassword_env = \"{}\"", pg::PASSWORD_ENV),
+                None => format!("path = \"{}\"", db.display()),
+            },
             attempt = self.attempt_ms,
             first_byte = self.first_byte_ms,
             idle = self.idle_ms,
