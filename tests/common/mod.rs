@@ -496,6 +496,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .output()
             .expect("running ladder keys")
