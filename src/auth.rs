@@ -281,6 +281,9 @@ pub struct Auth {
     last_refresh: Arc<Mutex<Instant>>,
     refreshing: Arc<AtomicBool>,
     misses: Mutex<MissBucket>,
+    /// One database look-up at a time: a burst of requests with a key created a moment ago
+    /// makes one look-up, not one each (which the bucket would turn into 401s).
+    miss_lookup: tokio::sync::Mutex<()>,
 }
 
 impl Auth {
@@ -335,6 +338,7 @@ impl Auth {
             keys,
             last_refresh: Arc::new(Mutex::new(Instant::now())),
             refreshing: Arc::new(AtomicBool::new(false)),
+            miss_lookup: tokio::sync::Mutex::new(()),
             misses: Mutex::new(MissBucket {
                 tokens: MISS_BURST,
                 at: Instant::now(),
@@ -395,7 +399,14 @@ impl Auth {
     /// A key missing from the cache: look it up in the database (a key created by the CLI a
     /// moment ago). Rate-limited so that a flood of bad keys cannot become a flood of queries.
     async fn lookup_miss(&self, token: &str, digest: [u8; 32]) -> Option<Arc<VirtualKey>> {
-        if !looks_like_key(token) || !self.take_miss_token() {
+        if !looks_like_key(token) {
+            return None;
+        }
+        let _one_at_a_time = self.miss_lookup.lock().await;
+        if let Some(k) = self.cached(&digest) {
+            return Some(k);
+        }
+        if !self.take_miss_token() {
             return None;
         }
         let hash_hex = hex::encode(digest);

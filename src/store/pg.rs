@@ -373,5 +373,7 @@ mod tests {
         assert!(parse_url("postgres:///db").unwrap_err().to_string().contains("no host"));
         let c = parse_url("postgresql://ladder:secret@db.internal:6543/log").unwrap();
         assert_eq!(describe(&c), "postgres://ladder@db.internal:6543/log");
+        let c = parse_url("postgres://ladder@%2Fvar%2Frun%2Fpostgresql/log").unwrap();
+        assert_eq!(describe(&c), "postgres://ladder@/var/run/postgresql:5432/log");
     }
 }
