@@ -2,8 +2,8 @@
 //! free loopback port (password authentication over TCP, `fsync=off` for speed), stopped and
 //! removed on drop. Under root the server runs as the `postgres` user (it refuses root).
 //!
-//! The server binaries are found through `LADDER_PG_BINDIR`, `pg_config --bindir`,
-//! `/usr/lib/postgresql/*/bin`, or `PATH`. When there are none, [`PgCluster::start`] prints
+//! The server binaries are found through `LADDER_PG_BINDIR` (only there when it is set),
+//! `pg_config --bindir`, `/usr/lib/postgresql/*/bin`, or `PATH`. When there are none, [`PgCluster::start`] prints
 //! `SKIPPED: ...` and returns `None` (the test passes), unless `LADDER_REQUIRE_POSTGRES=1`, where it
 //! panics (CI sets it).
 
@@ -29,12 +29,14 @@ fn has_server(dir: &Path) -> bool {
     dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() && dir.join("postgres").is_file()
 }
 
-/// Where `initdb`, `pg_ctl` and `postgres` are.
+/// Where `initdb`, `pg_ctl` and `postgres` are. `LADDER_PG_BINDIR`, when set, is the only place
+/// looked at (so `LADDER_PG_BINDIR=/nowhere` shows what happens without a server).
 pub fn find_bindir() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(d) = std::env::var("LADDER_PG_BINDIR") {
-        candidates.push(d.into());
+    if let Some(d) = std::env::var_os("LADDER_PG_BINDIR") {
+        let d = PathBuf::from(d);
+        return has_server(&d).then_some(d);
     }
+    let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {
