@@ -2,7 +2,7 @@
 //!
 //! **Keys.** `ladder keys create` makes a key `lk-<64 hex chars>` (32 bytes from the OS RNG),
 //! prints it once, and stores only its SHA-256 in the `keys` table of the decision-log database
-//! (`store.path`). The admin key is never stored: it is read at start-up from the environment
+//! (`[store]`: the SQLite file, or the Postgres database the replicas share). The admin key is never stored: it is read at start-up from the environment
 //! variable named by `auth.admin_key_env`.
 //!
 //! **Checking a key.** A presented key is hashed and compared as a digest; digests are compared
@@ -21,48 +21,31 @@
 //! is the highest expected cost along the chain, so escalation is covered; concurrent requests
 //! overspend only by what their actual cost exceeds that estimate (a longer answer than
 //! `max_tokens`/`routing.expected_output_tokens`). Spend is persisted in the same transaction as
-//! the decision record ([`charge`]), so it survives restarts and crashes. Rate limits are
-//! per-process and in memory.
+//! the decision record ([`Charges`]), so it survives restarts and crashes; the increments are
+//! atomic, so replicas sharing a Postgres log keep one correct total. Rate limits, and the
+//! budget check's view of spend, are per process (a replica learns of another's spend on restart).
 
 pub mod cli;
 pub mod limits;
 
 use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::error::ApiError;
 use crate::router::{Decision, RouteRequest};
 use crate::server::{AppState, SharedState};
 use crate::store::DecisionRecord;
-use anyhow::Context;
+use crate::store::Pool;
+use crate::store::db::{Conn, Database, Exec, Row, need, off_runtime};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use limits::{Limits, Refusal, Ticket, Usage};
-use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// The `keys` table (created with the decision log).
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS keys (
-    name TEXT PRIMARY KEY,
-    key_sha256 TEXT NOT NULL UNIQUE,
-    key_prefix TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    revoked_ms INTEGER,
-    budget_usd REAL,
-    rpm INTEGER,
-    tpm INTEGER,
-    models TEXT,
-    spent_usd REAL NOT NULL DEFAULT 0,
-    requests INTEGER NOT NULL DEFAULT 0,
-    last_used_ms INTEGER
-);
-";
 
 /// Prefix of every virtual key.
 pub const KEY_PREFIX: &str = "lk-";
@@ -182,68 +165,83 @@ pub struct KeyRow {
 const ROW_COLUMNS: &str =
     "name, key_sha256, key_prefix, created_ms, revoked_ms, budget_usd, rpm, tpm, models, spent_usd, requests, last_used_ms";
 
-fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
-    let models: Option<String> = r.get(8)?;
+fn row_of(r: &dyn Row) -> anyhow::Result<KeyRow> {
     Ok(KeyRow {
-        name: r.get(0)?,
-        key_sha256: r.get(1)?,
-        key_prefix: r.get(2)?,
-        created_ms: r.get(3)?,
-        revoked_ms: r.get(4)?,
-        budget_usd: r.get(5)?,
-        rpm: r.get::<_, Option<i64>>(6)?.map(|v| v.clamp(0, u32::MAX as i64) as u32),
-        tpm: r.get::<_, Option<i64>>(7)?.map(|v| v.max(0) as u64),
-        models: models.and_then(|m| serde_json::from_str(&m).ok()),
-        spent_usd: r.get(9)?,
-        requests: r.get(10)?,
-        last_used_ms: r.get(11)?,
+        name: need(r.text(0)?, "name")?,
+        key_sha256: need(r.text(1)?, "key_sha256")?,
+        key_prefix: need(r.text(2)?, "key_prefix")?,
+        created_ms: need(r.i64(3)?, "created_ms")?,
+        revoked_ms: r.i64(4)?,
+        budget_usd: r.f64(5)?,
+        rpm: r.i64(6)?.map(|v| v.clamp(0, u32::MAX as i64) as u32),
+        tpm: r.i64(7)?.map(|v| v.max(0) as u64),
+        models: r.text(8)?.and_then(|m| serde_json::from_str(&m).ok()),
+        spent_usd: need(r.f64(9)?, "spent_usd")?,
+        requests: need(r.i64(10)?, "requests")?,
+        last_used_ms: r.i64(11)?,
     })
 }
 
-/// Open the database for key management (creates the table if needed).
-pub fn open_db(path: &Path) -> anyhow::Result<Connection> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(SCHEMA).context("creating the keys table")?;
-    Ok(conn)
+/// Connect to the database `[store]` names, creating the tables if needed (for `ladder keys`).
+pub fn open_db(cfg: &StoreConfig) -> anyhow::Result<Box<dyn Conn>> {
+    Database::open(cfg)?.connect()
 }
 
-pub fn load_rows(conn: &Connection) -> anyhow::Result<Vec<KeyRow>> {
-    let mut stmt = conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM keys ORDER BY created_ms, name"))?;
-    let rows = stmt.query_map([], row_of)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn load_rows(ex: &mut dyn Exec) -> anyhow::Result<Vec<KeyRow>> {
+    ex.query(&format!("SELECT {ROW_COLUMNS} FROM keys ORDER BY created_ms, name"), &[], row_of)
 }
 
-fn load_row_by_hash(conn: &Connection, hash_hex: &str) -> anyhow::Result<Option<KeyRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {ROW_COLUMNS} FROM keys WHERE key_sha256 = ?1"),
-            params![hash_hex],
-            row_of,
-        )
-        .optional()?)
+fn load_row_by_hash(ex: &mut dyn Exec, hash_hex: &str) -> anyhow::Result<Option<KeyRow>> {
+    ex.query_opt(
+        &format!("SELECT {ROW_COLUMNS} FROM keys WHERE key_sha256 = $1"),
+        &[hash_hex.into()],
+        row_of,
+    )
 }
 
-/// Add a settled request's cost to its key's persisted spend. Called by the decision-log writer
-/// inside the transaction that commits the record, so the record and the spend land together.
-pub fn charge(conn: &Connection, rec: &DecisionRecord) -> rusqlite::Result<()> {
-    if let Some(name) = &rec.key_name {
+/// Spend to add to keys, summed per key over the records a decision-log batch commits. The
+/// writer applies it inside the transaction that commits those records, so the records and the
+/// spend land together.
+#[derive(Debug, Default)]
+pub struct Charges(BTreeMap<String, Charge>);
+
+#[derive(Debug, Default)]
+struct Charge {
+    cost_usd: f64,
+    requests: i64,
+    last_used_ms: i64,
+}
+
+impl Charges {
+    pub fn add(&mut self, rec: &DecisionRecord) {
+        let Some(name) = &rec.key_name else { return };
         let cost = if rec.total_cost_usd.is_finite() {
             rec.total_cost_usd.max(0.0)
         } else {
             0.0
         };
-        conn.prepare_cached("UPDATE keys SET spent_usd = spent_usd + ?2, requests = requests + 1, last_used_ms = ?3 WHERE name = ?1")?
-            .execute(params![name, cost, rec.ts_ms])?;
+        let c = self.0.entry(name.clone()).or_insert_with(|| Charge {
+            last_used_ms: rec.ts_ms,
+            ..Charge::default()
+        });
+        c.cost_usd += cost;
+        c.requests += 1;
+        c.last_used_ms = c.last_used_ms.max(rec.ts_ms);
     }
-    Ok(())
+
+    /// Atomic increments (right when several replicas charge the same key), in key-name order (so
+    /// that two replicas' transactions never wait on each other's rows in a cycle).
+    pub fn apply(&self, ex: &mut dyn Exec) -> anyhow::Result<()> {
+        for (name, c) in &self.0 {
+            ex.execute(
+                "UPDATE keys SET spent_usd = spent_usd + $2, requests = requests + $3,
+                 last_used_ms = CASE WHEN last_used_ms IS NULL OR last_used_ms < $4 THEN $4 ELSE last_used_ms END
+                 WHERE name = $1",
+                &[name.as_str().into(), c.cost_usd.into(), c.requests.into(), c.last_used_ms.into()],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn key_from_row(row: &KeyRow) -> Option<([u8; 32], Arc<VirtualKey>)> {
@@ -277,7 +275,7 @@ const MISS_PER_SEC: f64 = 10.0;
 pub struct Auth {
     enabled: bool,
     admin: Option<[u8; 32]>,
-    db: PathBuf,
+    pool: Pool,
     refresh_every: Duration,
     keys: Arc<RwLock<HashMap<[u8; 32], Arc<VirtualKey>>>>,
     last_refresh: Arc<Mutex<Instant>>,
@@ -292,9 +290,9 @@ pub struct Auth {
 type LookupCell = tokio::sync::OnceCell<Option<Arc<VirtualKey>>>;
 
 impl Auth {
-    /// Read the admin key from the environment and load the keys (the table must exist: the
-    /// decision log creates it).
-    pub fn from_config(config: &Config) -> anyhow::Result<Auth> {
+    /// Read the admin key from the environment and load the keys through the decision log's
+    /// connection pool (the log creates the table).
+    pub fn from_config(config: &Config, pool: Pool) -> anyhow::Result<Auth> {
         let cfg = &config.auth;
         let mut admin = None;
         let mut count = 0;
@@ -316,8 +314,7 @@ impl Auth {
                     "auth is enabled but the admin key variable is not set: /v1/decisions and /v1/admin/* are unreachable"
                 ),
             }
-            let conn = open_db(&config.store.path)?;
-            let rows = load_rows(&conn)?;
+            let rows = off_runtime(|| pool.run_blocking(|c| load_rows(c)))?;
             let mut map = keys.write().unwrap_or_else(|e| e.into_inner());
             for row in &rows {
                 if let Some((d, k)) = key_from_row(row) {
@@ -339,7 +336,7 @@ impl Auth {
         Ok(Auth {
             enabled: cfg.enabled,
             admin,
-            db: config.store.path.clone(),
+            pool,
             refresh_every: Duration::from_millis(cfg.refresh_ms.max(1)),
             keys,
             last_refresh: Arc::new(Mutex::new(Instant::now())),
@@ -371,14 +368,14 @@ impl Auth {
         if !stale || self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (keys, db, last, flag) = (
+        let (keys, pool, last, flag) = (
             self.keys.clone(),
-            self.db.clone(),
+            self.pool.clone(),
             self.last_refresh.clone(),
             self.refreshing.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            match open_db(&db).and_then(|c| load_rows(&c)) {
+            match pool.run_blocking(|c| load_rows(c)) {
                 Ok(rows) => merge_rows(&keys, &rows),
                 Err(e) => tracing::warn!(error = %e, "reloading API keys failed; keeping the cached ones"),
             }
@@ -424,14 +421,17 @@ impl Auth {
 
     /// One rate-limited database lookup of a key by its digest; a hit joins the cache.
     async fn query_key(&self, digest: [u8; 32]) -> Option<Arc<VirtualKey>> {
+        if let Some(k) = self.cached(&digest) {
+            return Some(k); // another lookup of the same key finished in the meantime
+        }
         if !self.take_miss_token() {
             return None;
         }
-        let db = self.db.clone();
         let hash_hex = hex::encode(digest);
-        let row = tokio::task::spawn_blocking(move || open_db(&db).and_then(|c| load_row_by_hash(&c, &hash_hex)))
+        let row = self
+            .pool
+            .run(move |c| load_row_by_hash(c, &hash_hex))
             .await
-            .ok()?
             .map_err(|e| tracing::warn!(error = %e, "looking up an API key failed"))
             .ok()??;
         let (d, key) = key_from_row(&row)?;
@@ -489,7 +489,9 @@ impl Auth {
 }
 
 /// Merge a fresh read of the table into the cache: new keys are added, revocations applied,
-/// deleted rows dropped; in-memory usage of known keys is kept (it is ahead of the table).
+/// deleted rows dropped. A known key keeps its in-memory usage (this process's settled spend is
+/// ahead of the table by what is still queued for commit) unless the table's spend is higher:
+/// then other replicas sharing the log have spent too, and the budget check takes it in.
 fn merge_rows(keys: &RwLock<HashMap<[u8; 32], Arc<VirtualKey>>>, rows: &[KeyRow]) {
     let mut map = keys.write().unwrap_or_else(|e| e.into_inner());
     let mut seen = std::collections::HashSet::new();
@@ -500,6 +502,11 @@ fn merge_rows(keys: &RwLock<HashMap<[u8; 32], Arc<VirtualKey>>>, rows: &[KeyRow]
             Some(k) => {
                 if fresh.revoked() {
                     k.revoked.store(true, Ordering::Relaxed);
+                }
+                if let Ok(mut u) = k.usage.lock()
+                    && row.spent_usd > u.spent_usd
+                {
+                    u.spent_usd = row.spent_usd;
                 }
             }
             None => {
@@ -736,8 +743,8 @@ mod tests {
             db.display().to_string()
         ))
         .unwrap();
-        crate::store::Store::open(&db, 8).unwrap().close().await;
-        let auth = Auth::from_config(&config).unwrap();
+        let store = crate::store::Store::open(&config.store).unwrap();
+        let auth = Auth::from_config(&config, store.pool()).unwrap();
         let key = cli::create(&config, "fresh", None, None, None, None).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
@@ -757,6 +764,7 @@ mod tests {
             .collect();
         let results = futures::future::join_all(unknown.iter().map(|h| auth.authenticate(h))).await;
         assert!(results.iter().all(|r| r.is_err()));
+        store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 

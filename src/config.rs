@@ -56,11 +56,19 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where the decision log (and the keys table) lives: an SQLite file (`path`, the default) or a
+/// Postgres database (`url`) that several replicas can share.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// SQLite database file (WAL mode).
-    pub path: PathBuf,
+    /// SQLite database file (WAL mode); `ladder.db` when neither `path` nor `url` is set.
+    pub path: Option<PathBuf>,
+    /// Postgres instead of SQLite: `postgres://USER@HOST[:PORT]/DATABASE`.
+    pub url: Option<String>,
+    /// Name of the environment variable holding the Postgres password (keep it out of the file).
+    pub password_env: Option<String>,
+    /// How long connecting to Postgres may take before start-up fails (or a reconnection retries).
+    pub connect_timeout_ms: u64,
     /// Keep prompt text in decision records; when false only its SHA-256 is kept.
     pub keep_prompts: bool,
     /// Most records committed in one transaction.
@@ -70,10 +78,57 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            path: PathBuf::from("ladder.db"),
+            path: None,
+            url: None,
+            password_env: None,
+            connect_timeout_ms: 5_000,
             keep_prompts: true,
             max_batch: 256,
         }
+    }
+}
+
+impl StoreConfig {
+    /// An SQLite log at `path`, other settings default.
+    pub fn sqlite(path: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            path: Some(path.into()),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// The SQLite file (meaningful when `url` is not set).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from("ladder.db"))
+    }
+
+    /// Checks the fields without connecting; every message names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_batch == 0 {
+            bail!("store.max_batch: must be positive");
+        }
+        if let Some(env) = &self.password_env
+            && (env.is_empty() || env.contains(char::is_whitespace) || env.contains('='))
+        {
+            bail!("store.password_env: '{env}' is not an environment variable name");
+        }
+        let Some(url) = &self.url else {
+            if self.password_env.is_some() {
+                bail!("store.password_env: only used with store.url (Postgres)");
+            }
+            return Ok(());
+        };
+        if self.path.is_some() {
+            bail!("store: set either path (SQLite) or url (Postgres), not both");
+        }
+        let pg = crate::store::pg::parse_url(url)?;
+        if pg.get_password().is_some() && self.password_env.is_some() {
+            bail!("store.password_env: store.url already has a password; keep only one (preferably the variable)");
+        }
+        if self.connect_timeout_ms == 0 {
+            bail!("store.connect_timeout_ms: must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -465,6 +520,7 @@ impl Config {
                 self.auth.admin_key_env
             );
         }
+        self.store.validate()?;
         if self.auth.refresh_ms == 0 {
             bail!("auth.refresh_ms: must be positive");
         }
@@ -557,5 +613,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("providers[0].api_key_env"), "{e}");
+    }
+
+    #[test]
+    fn store_is_sqlite_by_default_or_postgres_by_url() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert!(c.store.url.is_none());
+        assert_eq!(c.store.sqlite_path(), PathBuf::from("ladder.db"));
+        let with = |store: &str| Config::from_toml(&format!("[store]\n{store}\n{GOOD}"));
+        let c = with("url = \"postgres://ladder@db.internal:5432/ladder\"\npassword_env = \"LADDER_PG_PASSWORD\"").unwrap();
+        assert_eq!(c.store.password_env.as_deref(), Some("LADDER_PG_PASSWORD"));
+        for (store, field) in [
+            ("url = \"mysql://x@h/db\"", "store.url"),
+            ("url = \"postgres://ladder@h/db\"\npath = \"x.db\"", "either path"),
+            ("url = \"postgres://ladder:pw@h/db\"\npassword_env = \"PW\"", "store.password_env"),
+            ("password_env = \"PW\"", "store.password_env"),
+            ("url = \"postgres://ladder@h/db\"\npassword_env = \"A B\"", "store.password_env"),
+            ("url = \"postgres://ladder@h/db?sslmode=require\"", "store.url"),
+            ("max_batch = 0", "store.max_batch"),
+        ] {
+            let e = with(store).unwrap_err().to_string();
+            assert!(e.contains(field), "{store}: {e}");
+        }
     }
 }

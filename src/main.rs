@@ -1,7 +1,7 @@
 //! The `ladder` command line: `serve`, `fake-provider`, `demo`, `route`, `train`, `eval`, `keys`.
 
 use clap::{Parser, Subcommand};
-use ladder::config::Config;
+use ladder::config::{Config, StoreConfig};
 use ladder::server::{AppState, serve, shutdown_signal};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,10 +89,10 @@ enum Command {
         /// Only decisions since this time (RFC 3339 or unix seconds).
         #[arg(long)]
         since: Option<String>,
-        /// The server's config: its decision log (`store.path`) and catalogue.
+        /// The server's config: its decision log (`[store]`, SQLite or Postgres) and catalogue.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The decision log to read (default: the config's `store.path`, else ladder.db).
+        /// An SQLite decision log to read instead (default: the config's `[store]`, else ladder.db).
         #[arg(long)]
         db: Option<PathBuf>,
     },
@@ -109,9 +109,10 @@ enum Command {
         threshold: f64,
         #[arg(long)]
         since: Option<String>,
-        /// The catalogue to replay under (and its decision log, `store.path`).
+        /// The catalogue to replay under (and its decision log, `[store]`).
         #[arg(long)]
         config: PathBuf,
+        /// An SQLite decision log to read instead of the config's `[store]`.
         #[arg(long)]
         db: Option<PathBuf>,
     },
@@ -165,12 +166,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             if from_log {
                 let config = config.map(|p| Config::load(&p)).transpose()?;
-                let db = db
-                    .or_else(|| config.as_ref().map(|c| c.store.path.clone()))
-                    .unwrap_or_else(|| PathBuf::from("ladder.db"));
+                let store = match (db, &config) {
+                    (Some(path), _) => StoreConfig::sqlite(path),
+                    (None, Some(c)) => c.store.clone(),
+                    (None, None) => StoreConfig::default(),
+                };
                 let since_ms = since.as_deref().map(parse_since).transpose()?;
                 let opts = ladder::training::from_log::FromLogOptions {
-                    db,
+                    store,
                     since_ms,
                     config,
                     heads_dir,
@@ -253,9 +256,10 @@ fn main() -> anyhow::Result<()> {
             if !(threshold > 0.0 && threshold < 1.0) {
                 anyhow::bail!("--threshold must be strictly between 0 and 1");
             }
-            let db = db.unwrap_or_else(|| config.store.path.clone());
+            let store = db.map_or_else(|| config.store.clone(), StoreConfig::sqlite);
             let since_ms = since.as_deref().map(parse_since).transpose()?;
-            let (mut records, _) = ladder::store::read_log(&db, since_ms)?;
+            let (mut records, _) = ladder::store::read_log(&store, since_ms)?;
+            let log_name = ladder::store::db::Database::from_config(&store)?.describe();
             if config.classifier.enabled
                 && let Ok(h) = ladder::classifier::heads::HeadsStore::new(&config.classifier.heads_dir).load_current()
             {
@@ -270,9 +274,7 @@ fn main() -> anyhow::Result<()> {
             let report = ladder::analytics::replay(&config, &records);
             println!(
                 "replayed {} decisions from {} (skipped {}) at threshold {threshold} (config: {logged_threshold})",
-                report.decisions,
-                db.display(),
-                report.skipped
+                report.decisions, log_name, report.skipped
             );
             println!(
                 "first choice changed for {} ({:.1}%)",

@@ -1,22 +1,31 @@
-//! The decision log: one record per chat request, in an embedded SQLite database (WAL mode).
+//! The decision log: one record per chat request, in an embedded SQLite database (WAL mode) or
+//! in a Postgres database that several replicas share (`[store] url`).
 //!
-//! Writes go through a single writer thread that group-commits whatever is queued (up to
-//! `store.max_batch` records per transaction). A handler hands its record to [`Store::append`],
+//! Writes go through a single writer thread per process that group-commits whatever is queued (up
+//! to `store.max_batch` records per transaction). A handler hands its record to [`Store::append`],
 //! which waits only for the commit of the batch its record landed in, so a client never gets a
 //! response whose record is not in the database, and a record is never dropped: the queue applies
-//! backpressure instead of discarding, and a failing write is retried until it succeeds.
-//! [`Store::close`] drains the queue and flushes on shutdown.
+//! backpressure instead of discarding, and a failing write is retried with backoff until it
+//! succeeds (reconnecting when the connection was lost). A key's spend is charged in the
+//! transaction that commits its records. [`Store::close`] drains the queue and flushes on
+//! shutdown.
 //!
-//! Reads (`/v1/decisions`) use their own connections on the blocking pool, which WAL lets run
-//! beside the writer. Records are stored as JSON next to a few indexed columns used for filtering;
-//! the prompt embedding, when the classifier produced one, is kept as a little-endian f32 blob so
-//! that retraining never needs the upstream again.
+//! Reads (`/v1/decisions`, feedback, keys) use a small [`Pool`] of connections on the blocking
+//! pool, beside the writer. Records are stored as JSON next to a few indexed columns used for
+//! filtering; the prompt embedding, when the classifier produced one, is kept as a little-endian
+//! f32 blob so that retraining never needs the upstream again.
+//!
+//! The backends ([`db::Database`]: SQLite or Postgres) share every query below; see [`db`].
 
+pub mod db;
+pub mod pg;
+pub mod sqlite;
+
+use crate::config::StoreConfig;
 use crate::router::{Candidate, Scores};
 use anyhow::Context;
-use rusqlite::{Connection, OptionalExtension, params};
+use db::{Conn, Database, Exec, Param, need, off_runtime};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,73 +156,117 @@ enum WriteOp {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<WriteOp>,
-    path: PathBuf,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    pool: Pool,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Detached records still waiting for room in the queue; [`Store::flush`] waits for them.
     waiting: Arc<(AtomicUsize, tokio::sync::Notify)>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    ts_ms INTEGER NOT NULL,
-    task TEXT,
-    final_model TEXT,
-    outcome TEXT NOT NULL,
-    total_cost_usd REAL NOT NULL,
-    record TEXT NOT NULL,
-    embedding BLOB
-);
-CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_ms);
-CREATE INDEX IF NOT EXISTS decisions_model ON decisions(final_model, seq);
-CREATE INDEX IF NOT EXISTS decisions_task ON decisions(task, seq);
-CREATE INDEX IF NOT EXISTS decisions_outcome ON decisions(outcome, seq);
-CREATE TABLE IF NOT EXISTS feedback (
-    decision_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    score REAL,
-    comment TEXT,
-    ts_ms INTEGER NOT NULL,
-    PRIMARY KEY (decision_id, source)
-);
-";
+/// Idle connections kept for reads.
+const POOL_IDLE: usize = 8;
 
-fn open(path: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path).with_context(|| format!("opening decision log {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // NORMAL in WAL mode: a committed transaction survives a process crash (kill -9); only an OS
-    // crash or power loss can lose the last commits.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(conn)
+/// Connections for reads and small writes (feedback, keys), used on blocking threads. Cheap to
+/// clone; the store and the key cache share one.
+#[derive(Clone)]
+pub struct Pool {
+    db: Database,
+    idle: Arc<Mutex<Vec<Box<dyn Conn>>>>,
+}
+
+impl Pool {
+    pub fn new(db: Database) -> Pool {
+        Pool {
+            db,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Run `f` with a connection on tokio's blocking pool.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnMut(&mut dyn Conn) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || pool.run_blocking(f)).await?
+    }
+
+    /// Run `f` with a connection on this thread (not an async one: see [`db::off_runtime`]).
+    /// When the connection turns out to be dead (the server restarted), `f` runs once more on a
+    /// new one, so `f` must be safe to repeat (reads and upserts are).
+    pub fn run_blocking<T>(&self, mut f: impl FnMut(&mut dyn Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut fresh = false;
+        loop {
+            let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    fresh = true;
+                    self.db.connect()?
+                }
+            };
+            let out = f(conn.as_mut());
+            if conn.is_broken() {
+                if out.is_err() && !fresh {
+                    continue;
+                }
+                return out;
+            }
+            if let Ok(mut idle) = self.idle.lock()
+                && idle.len() < POOL_IDLE
+            {
+                idle.push(conn);
+            }
+            return out;
+        }
+    }
+}
+
+/// A record ready to insert: its JSON and its embedding's bytes (encoded once per batch, however
+/// many times the batch is retried).
+struct Pending<'a> {
+    rec: &'a DecisionRecord,
+    json: String,
+    embedding: Option<Vec<u8>>,
+}
+
+impl Pending<'_> {
+    fn new(rec: &DecisionRecord) -> Pending<'_> {
+        let json = serde_json::to_string(rec).unwrap_or_else(|e| {
+            // Not expected (every field serialises); keep what identifies the request.
+            tracing::error!(error = %e, id = %rec.id, "encoding a decision record failed");
+            serde_json::json!({"id": rec.id, "ts_ms": rec.ts_ms, "outcome": rec.outcome, "http_status": rec.http_status,
+                "total_cost_usd": rec.total_cost_usd, "key_name": rec.key_name, "error": format!("record not encodable: {e}")})
+            .to_string()
+        });
+        let embedding = rec.embedding.as_ref().map(|e| e.iter().flat_map(|f| f.to_le_bytes()).collect());
+        Pending { rec, json, embedding }
+    }
 }
 
 impl Store {
-    /// Open (or create) the log and start the writer thread.
-    pub fn open(path: &Path, max_batch: usize) -> anyhow::Result<Store> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let conn = open(path)?;
-        conn.execute_batch(SCHEMA).context("creating the decision log schema")?;
-        conn.execute_batch(crate::auth::SCHEMA).context("creating the keys table")?;
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
-        let max_batch = max_batch.max(1);
+    /// Open (or create) the log named by `[store]` and start the writer thread. Fails when the
+    /// database cannot be reached or its schema cannot be created.
+    pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        let db = Database::open(cfg)?;
+        let conn = off_runtime(|| db.connect())?;
+        let max_batch = cfg.max_batch.max(1);
+        let (tx, rx) = mpsc::channel(max_batch * 8);
+        let writer_db = db.clone();
         let handle = std::thread::Builder::new()
             .name("ladder-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch))?;
+            .spawn(move || writer_loop(writer_db, conn, rx, max_batch))?;
         Ok(Store {
             tx,
-            path: path.to_path_buf(),
-            readers: Arc::new(Mutex::new(Vec::new())),
+            pool: Pool::new(db),
             writer: Arc::new(Mutex::new(Some(handle))),
             waiting: Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new())),
         })
+    }
+
+    /// The read pool (shared with the key cache).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     /// Queue a record and wait until it is committed.
@@ -281,179 +334,156 @@ impl Store {
         }
     }
 
-    fn with_reader<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
-    ) -> impl std::future::Future<Output = anyhow::Result<T>> {
-        let readers = self.readers.clone();
-        let path = self.path.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let conn = readers.lock().ok().and_then(|mut r| r.pop());
-                let conn = match conn {
-                    Some(c) => c,
-                    None => open(&path)?,
-                };
-                let out = f(&conn);
-                if let Ok(mut r) = readers.lock()
-                    && r.len() < 8
-                {
-                    r.push(conn);
-                }
-                out
-            })
-            .await?
-        }
-    }
-
     pub async fn get(&self, id: String) -> anyhow::Result<Option<DecisionRecord>> {
-        self.with_reader(move |conn| {
-            let row: Option<(String, Option<Vec<u8>>)> = conn
-                .query_row("SELECT record, embedding FROM decisions WHERE id = ?1", params![id], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            row.map(|(json, emb)| decode(&json, emb)).transpose()
-        })
-        .await
+        self.pool.run(move |c| get(c, &id)).await
     }
 
     pub async fn list(&self, q: DecisionQuery) -> anyhow::Result<DecisionPage> {
-        self.with_reader(move |conn| {
-            let mut sql = String::from("SELECT seq, record, embedding FROM decisions WHERE 1=1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(c) = q.cursor {
-                sql.push_str(" AND seq < ?");
-                args.push(c.into());
-            }
-            if let Some(s) = q.since_ms {
-                sql.push_str(" AND ts_ms >= ?");
-                args.push(s.into());
-            }
-            if let Some(u) = q.until_ms {
-                sql.push_str(" AND ts_ms < ?");
-                args.push(u.into());
-            }
-            if let Some(m) = q.model {
-                sql.push_str(" AND final_model = ?");
-                args.push(m.into());
-            }
-            if let Some(t) = q.task {
-                sql.push_str(" AND task = ?");
-                args.push(t.into());
-            }
-            if let Some(o) = q.outcome {
-                sql.push_str(" AND outcome = ?");
-                args.push(o.into());
-            }
-            sql.push_str(" ORDER BY seq DESC LIMIT ?");
-            args.push(((q.limit + 1) as i64).into());
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
-            })?;
-            let mut records = Vec::new();
-            let mut seqs = Vec::new();
-            for row in rows {
-                let (seq, json, emb) = row?;
-                seqs.push(seq);
-                records.push(decode(&json, emb)?);
-            }
-            let next_cursor = if records.len() > q.limit {
-                records.truncate(q.limit);
-                seqs.get(q.limit.saturating_sub(1)).copied()
-            } else {
-                None
-            };
-            Ok(DecisionPage { records, next_cursor })
-        })
-        .await
+        self.pool.run(move |c| list(c, &q)).await
     }
 
     /// All records (oldest first) from `since_ms`, for training and replay.
     pub async fn scan(&self, since_ms: Option<i64>) -> anyhow::Result<Vec<DecisionRecord>> {
-        self.with_reader(move |conn| {
-            let mut stmt = conn.prepare("SELECT record, embedding FROM decisions WHERE ts_ms >= ?1 ORDER BY seq")?;
-            let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (json, emb) = row?;
-                out.push(decode(&json, emb)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.pool.run(move |c| scan(c, since_ms)).await
     }
 
     /// Attach feedback to a decision (replacing this source's earlier feedback on it). Returns
     /// false when the decision does not exist.
     pub async fn put_feedback(&self, fb: Feedback) -> anyhow::Result<bool> {
-        self.with_reader(move |conn| {
-            let exists: bool = conn.query_row(
-                "SELECT EXISTS(SELECT 1 FROM decisions WHERE id = ?1)",
-                params![fb.decision_id],
-                |r| r.get(0),
-            )?;
-            if !exists {
-                return Ok(false);
-            }
-            conn.execute(
-                "INSERT OR REPLACE INTO feedback (decision_id, source, outcome, score, comment, ts_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![fb.decision_id, fb.source, fb.outcome, fb.score, fb.comment, fb.ts_ms],
-            )?;
-            Ok(true)
-        })
-        .await
+        self.pool.run(move |c| put_feedback(c, &fb)).await
     }
 
     pub async fn feedback_for(&self, decision_id: String) -> anyhow::Result<Vec<Feedback>> {
-        self.with_reader(move |conn| read_feedback(conn, Some(&decision_id))).await
+        self.pool.run(move |c| read_feedback(c, Some(&decision_id))).await
     }
 
     pub async fn count(&self) -> anyhow::Result<u64> {
-        self.with_reader(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64))
-            .await
+        self.pool.run(|c| count(c)).await
     }
 }
 
-fn read_feedback(conn: &Connection, decision_id: Option<&str>) -> anyhow::Result<Vec<Feedback>> {
-    let mut stmt = conn.prepare(
-        "SELECT decision_id, source, outcome, score, comment, ts_ms FROM feedback WHERE ?1 IS NULL OR decision_id = ?1 ORDER BY ts_ms",
-    )?;
-    let rows = stmt.query_map(params![decision_id], |r| {
-        Ok(Feedback {
-            decision_id: r.get(0)?,
-            source: r.get(1)?,
-            outcome: r.get(2)?,
-            score: r.get(3)?,
-            comment: r.get(4)?,
-            ts_ms: r.get(5)?,
-        })
+// The queries, written once for both backends (`$n` placeholders; see `db`).
+
+const INSERT_DECISION: &str = "INSERT INTO decisions (id, ts_ms, task, final_model, outcome, total_cost_usd, record, embedding)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
+
+fn decode_row(r: &dyn db::Row, record: usize) -> anyhow::Result<DecisionRecord> {
+    decode(&need(r.text(record)?, "record")?, r.bytes(record + 1)?)
+}
+
+fn get(ex: &mut dyn Exec, id: &str) -> anyhow::Result<Option<DecisionRecord>> {
+    ex.query_opt("SELECT record, embedding FROM decisions WHERE id = $1", &[id.into()], |r| {
+        decode_row(r, 0)
+    })
+}
+
+fn list<'a>(ex: &mut dyn Exec, q: &'a DecisionQuery) -> anyhow::Result<DecisionPage> {
+    let mut sql = String::from("SELECT seq, record, embedding FROM decisions WHERE 1=1");
+    let mut args: Vec<Param<'a>> = Vec::new();
+    let mut filter = |condition: &str, value: Param<'a>| {
+        args.push(value);
+        sql.push_str(&format!(" AND {condition} ${}", args.len()));
+    };
+    if let Some(c) = q.cursor {
+        filter("seq <", c.into());
+    }
+    if let Some(s) = q.since_ms {
+        filter("ts_ms >=", s.into());
+    }
+    if let Some(u) = q.until_ms {
+        filter("ts_ms <", u.into());
+    }
+    if let Some(m) = &q.model {
+        filter("final_model =", m.as_str().into());
+    }
+    if let Some(t) = &q.task {
+        filter("task =", t.as_str().into());
+    }
+    if let Some(o) = &q.outcome {
+        filter("outcome =", o.as_str().into());
+    }
+    args.push(((q.limit + 1) as i64).into());
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", args.len()));
+    let mut rows = ex.query(&sql, &args, |r| Ok((need(r.i64(0)?, "seq")?, decode_row(r, 1)?)))?;
+    let next_cursor = if rows.len() > q.limit {
+        rows.truncate(q.limit);
+        rows.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    Ok(DecisionPage {
+        records: rows.into_iter().map(|(_, r)| r).collect(),
+        next_cursor,
+    })
+}
+
+fn scan(ex: &mut dyn Exec, since_ms: Option<i64>) -> anyhow::Result<Vec<DecisionRecord>> {
+    ex.query(
+        "SELECT record, embedding FROM decisions WHERE ts_ms >= $1 ORDER BY seq",
+        &[since_ms.unwrap_or(i64::MIN).into()],
+        |r| decode_row(r, 0),
+    )
+}
+
+fn put_feedback(ex: &mut dyn Exec, fb: &Feedback) -> anyhow::Result<bool> {
+    let exists = ex.query_opt("SELECT seq FROM decisions WHERE id = $1", &[fb.decision_id.as_str().into()], |_| {
+        Ok(())
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    if exists.is_none() {
+        return Ok(false);
+    }
+    ex.execute(
+        "INSERT INTO feedback (decision_id, source, outcome, score, comment, ts_ms) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (decision_id, source) DO UPDATE
+         SET outcome = excluded.outcome, score = excluded.score, comment = excluded.comment, ts_ms = excluded.ts_ms",
+        &[
+            fb.decision_id.as_str().into(),
+            fb.source.as_str().into(),
+            fb.outcome.as_str().into(),
+            fb.score.into(),
+            fb.comment.as_deref().into(),
+            fb.ts_ms.into(),
+        ],
+    )?;
+    Ok(true)
+}
+
+fn read_feedback(ex: &mut dyn Exec, decision_id: Option<&str>) -> anyhow::Result<Vec<Feedback>> {
+    const COLUMNS: &str = "SELECT decision_id, source, outcome, score, comment, ts_ms FROM feedback";
+    let (sql, params) = match decision_id {
+        Some(id) => (format!("{COLUMNS} WHERE decision_id = $1 ORDER BY ts_ms"), vec![id.into()]),
+        None => (format!("{COLUMNS} ORDER BY ts_ms"), vec![]),
+    };
+    ex.query(&sql, &params, |r| {
+        Ok(Feedback {
+            decision_id: need(r.text(0)?, "decision_id")?,
+            source: need(r.text(1)?, "source")?,
+            outcome: need(r.text(2)?, "outcome")?,
+            score: r.f64(3)?,
+            comment: r.text(4)?,
+            ts_ms: need(r.i64(5)?, "ts_ms")?,
+        })
+    })
+}
+
+fn count(ex: &mut dyn Exec) -> anyhow::Result<u64> {
+    let n = ex.query_opt("SELECT COUNT(*) FROM decisions", &[], |r| need(r.i64(0)?, "count"))?;
+    Ok(n.unwrap_or(0).max(0) as u64)
 }
 
 /// Read the whole log (records from `since_ms`, oldest first, and all feedback) without a running
 /// server: for `ladder train --from-log` and `ladder replay`.
-pub fn read_log(path: &Path, since_ms: Option<i64>) -> anyhow::Result<(Vec<DecisionRecord>, Vec<Feedback>)> {
-    if !path.exists() {
-        anyhow::bail!("decision log {} does not exist", path.display());
+pub fn read_log(cfg: &StoreConfig, since_ms: Option<i64>) -> anyhow::Result<(Vec<DecisionRecord>, Vec<Feedback>)> {
+    if cfg.url.is_none() && !cfg.sqlite_path().exists() {
+        anyhow::bail!("decision log {} does not exist", cfg.sqlite_path().display());
     }
-    let conn = open(path)?;
-    conn.execute_batch(SCHEMA)?;
-    let mut stmt = conn.prepare("SELECT record, embedding FROM decisions WHERE ts_ms >= ?1 ORDER BY seq")?;
-    let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
-    })?;
-    let mut records = Vec::new();
-    for row in rows {
-        let (json, emb) = row?;
-        records.push(decode(&json, emb)?);
-    }
-    let feedback = read_feedback(&conn, None)?;
-    Ok((records, feedback))
+    let db = Database::open(cfg)?;
+    off_runtime(|| {
+        let mut conn = db.connect()?;
+        let records = scan(conn.as_mut(), since_ms)?;
+        let feedback = read_feedback(conn.as_mut(), None)?;
+        Ok((records, feedback))
+    })
 }
 
 fn decode(json: &str, emb: Option<Vec<u8>>) -> anyhow::Result<DecisionRecord> {
@@ -462,7 +492,8 @@ fn decode(json: &str, emb: Option<Vec<u8>>) -> anyhow::Result<DecisionRecord> {
     Ok(rec)
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
+fn writer_loop(db: Database, conn: Box<dyn Conn>, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
+    let mut conn = Some(conn);
     let mut batch: Vec<WriteOp> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -472,13 +503,40 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_batch:
                 Err(_) => break,
             }
         }
+        let rows: Vec<Pending<'_>> = batch
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Record(rec, _) => Some(Pending::new(rec)),
+                WriteOp::Flush(_) => None,
+            })
+            .collect();
         let mut delay = Duration::from_millis(10);
         loop {
-            match write_batch(&mut conn, &batch) {
-                Ok(()) => break,
+            let result = match conn.as_mut() {
+                Some(c) => write_batch(c.as_mut(), &rows),
+                None => match db.connect() {
+                    Ok(c) => {
+                        tracing::info!(db = %db.describe(), "decision log writer reconnected");
+                        conn = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(()) => {
+                    if delay > Duration::from_millis(10) {
+                        tracing::info!(records = rows.len(), "decision log write succeeded after retrying");
+                    }
+                    break;
+                }
                 Err(e) => {
-                    // Never drop: keep the batch and retry (disk full, locked database...).
-                    tracing::error!(error = %e, "decision log write failed; retrying");
+                    // Never drop: keep the batch and retry (disk full, locked database, lost
+                    // connection...). A dead connection is replaced.
+                    if conn.as_ref().is_some_and(|c| c.is_broken()) {
+                        conn = None;
+                    }
+                    tracing::error!(error = %format!("{e:#}"), records = rows.len(), "decision log write failed; retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
@@ -495,121 +553,31 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, max_batch:
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[WriteOp]) -> anyhow::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO decisions (id, ts_ms, task, final_model, outcome, total_cost_usd, record, embedding)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for op in batch {
-            if let WriteOp::Record(rec, _) = op {
-                let json = serde_json::to_string(rec)?;
-                let emb: Option<Vec<u8>> = rec.embedding.as_ref().map(|e| e.iter().flat_map(|f| f.to_le_bytes()).collect());
-                stmt.execute(params![
-                    rec.id,
-                    rec.ts_ms,
-                    rec.task,
-                    rec.final_model,
-                    rec.outcome,
-                    rec.total_cost_usd,
-                    json,
-                    emb
-                ])?;
-                // The key's spend commits with its record.
-                crate::auth::charge(&tx, rec)?;
+/// One transaction: the records, then their keys' spend. A record already in the log (a retried
+/// batch whose commit had landed before the connection dropped) is neither written nor charged
+/// twice.
+fn write_batch(conn: &mut dyn Conn, rows: &[Pending<'_>]) -> anyhow::Result<()> {
+    conn.transaction(&mut |tx| {
+        let mut charges = crate::auth::Charges::default();
+        for row in rows {
+            let rec = row.rec;
+            let inserted = tx.execute(
+                INSERT_DECISION,
+                &[
+                    rec.id.as_str().into(),
+                    rec.ts_ms.into(),
+                    rec.task.as_deref().into(),
+                    rec.final_model.as_deref().into(),
+                    rec.outcome.as_str().into(),
+                    rec.total_cost_usd.into(),
+                    Param::Json(&row.json),
+                    row.embedding.as_deref().map_or(Param::Null, Param::Bytes),
+                ],
+            )?;
+            if inserted == 1 {
+                charges.add(rec);
             }
         }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(i: i64, model: &str) -> DecisionRecord {
-        DecisionRecord {
-            id: format!("dec_{i}"),
-            ts_ms: 1_000 + i,
-            outcome: if i % 2 == 0 { "success".into() } else { "escalated".into() },
-            final_model: Some(model.into()),
-            embedding: (i == 3).then(|| vec![0.5, -1.25]),
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn append_then_query_with_filters_and_cursor() {
-        let dir = tempdir();
-        let store = Store::open(&dir.join("log.db"), 4).unwrap();
-        for i in 0..10 {
-            store.append(rec(i, if i < 5 { "a" } else { "b" })).await;
-        }
-        let got = store.get("dec_3".into()).await.unwrap().unwrap();
-        assert_eq!(got.embedding, Some(vec![0.5, -1.25]));
-        assert!(store.get("nope".into()).await.unwrap().is_none());
-        let page = store
-            .list(DecisionQuery {
-                limit: 3,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            page.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            vec!["dec_9", "dec_8", "dec_7"]
-        );
-        let page2 = store
-            .list(DecisionQuery {
-                limit: 3,
-                cursor: page.next_cursor,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(page2.records[0].id, "dec_6");
-        let a = store
-            .list(DecisionQuery {
-                limit: 100,
-                model: Some("a".into()),
-                outcome: Some("success".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(a.records.len(), 3);
-        assert!(a.next_cursor.is_none());
-        let since = store
-            .list(DecisionQuery {
-                limit: 100,
-                since_ms: Some(1_008),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(since.records.len(), 2);
-        store.close().await;
-        // Reopen: everything is there.
-        let store = Store::open(&dir.join("log.db"), 4).unwrap();
-        assert_eq!(store.count().await.unwrap(), 10);
-    }
-
-    #[tokio::test]
-    async fn detached_appends_are_flushed() {
-        let dir = tempdir();
-        let store = Store::open(&dir.join("log.db"), 2).unwrap();
-        for i in 0..50 {
-            store.append_detached(rec(i, "a"));
-        }
-        store.flush().await;
-        assert_eq!(store.count().await.unwrap(), 50);
-    }
-
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ladder-store-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+        charges.apply(tx)
+    })
 }

@@ -1,11 +1,12 @@
 //! `ladder keys create|list|revoke`: virtual key management against the database named by a
-//! config's `store.path`. Safe to run while the server is up (SQLite WAL; the server picks new
-//! keys up on first use and revocations within `auth.refresh_ms`).
+//! config's `[store]` (the SQLite file or the shared Postgres database). Safe to run while the
+//! servers are up (the server picks new keys up on first use and revocations within
+//! `auth.refresh_ms`).
 
 use super::{ADMIN_NAME, KeyRow, generate_key, hash_key, load_rows, open_db};
 use crate::config::Config;
+use crate::store::db::{Conn, off_runtime};
 use anyhow::{Context, bail};
-use rusqlite::params;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -44,6 +45,15 @@ pub enum KeysCommand {
         config: PathBuf,
         name: String,
     },
+}
+
+/// Run `f` on a connection to the config's database (off any async thread: see
+/// [`off_runtime`]).
+fn with_db<T: Send>(config: &Config, f: impl FnOnce(&mut dyn Conn) -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    off_runtime(|| {
+        let mut conn = open_db(&config.store)?;
+        f(conn.as_mut())
+    })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -99,36 +109,47 @@ pub fn create(
             }
         }
     }
-    let conn = open_db(&config.store.path)?;
-    let exists: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM keys WHERE name = ?1)", params![name], |r| r.get(0))?;
-    if exists {
-        bail!("a key named '{name}' already exists (names stay taken after revocation); pick another name");
-    }
     let key = generate_key()?;
     let hash = hex::encode(hash_key(&key));
     let prefix = key[..super::KEY_PREFIX.len() + 6].to_string();
     let models_json = models.as_ref().map(serde_json::to_string).transpose()?;
-    conn.execute(
-        "INSERT INTO keys (name, key_sha256, key_prefix, created_ms, budget_usd, rpm, tpm, models) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![name, hash, prefix, now_ms(), budget_usd, rpm, tpm.map(|t| t as i64), models_json],
-    )
-    .context("storing the key")?;
+    // One statement: two CLIs (or hosts) creating the same name cannot both succeed.
+    let inserted = with_db(config, |conn| {
+        conn.execute(
+            "INSERT INTO keys (name, key_sha256, key_prefix, created_ms, budget_usd, rpm, tpm, models)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
+            &[
+                name.into(),
+                hash.as_str().into(),
+                prefix.as_str().into(),
+                now_ms().into(),
+                budget_usd.into(),
+                rpm.map(i64::from).into(),
+                tpm.map(|t| t.min(i64::MAX as u64) as i64).into(),
+                models_json.as_deref().into(),
+            ],
+        )
+        .context("storing the key")
+    })?;
+    if inserted == 0 {
+        bail!("a key named '{name}' already exists (names stay taken after revocation); pick another name");
+    }
     Ok(key)
 }
 
 /// Revoke a key; false when there is no such key or it was already revoked.
 pub fn revoke(config: &Config, name: &str) -> anyhow::Result<bool> {
-    let conn = open_db(&config.store.path)?;
-    let n = conn.execute(
-        "UPDATE keys SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
-        params![name, now_ms()],
-    )?;
+    let n = with_db(config, |conn| {
+        conn.execute(
+            "UPDATE keys SET revoked_ms = $2 WHERE name = $1 AND revoked_ms IS NULL",
+            &[name.into(), now_ms().into()],
+        )
+    })?;
     Ok(n == 1)
 }
 
 pub fn list(config: &Config) -> anyhow::Result<Vec<KeyRow>> {
-    let conn = open_db(&config.store.path)?;
-    load_rows(&conn)
+    with_db(config, |conn| load_rows(conn))
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

@@ -53,8 +53,12 @@ pub async fn feedback(State(state): State<SharedState>, body: Bytes) -> Result<J
     if b.comment.as_ref().is_some_and(|c| c.len() > 4096) {
         return Err(bad("invalid_value", "'comment' is limited to 4096 bytes").with_param("comment"));
     }
+    // Text columns (Postgres's in particular) cannot hold NUL characters.
+    if b.comment.as_ref().is_some_and(|c| c.contains('\0')) {
+        return Err(bad("invalid_value", "'comment' must not contain NUL characters").with_param("comment"));
+    }
     let source = b.source.unwrap_or_else(|| "api".into());
-    if source.is_empty() || source.len() > 128 {
+    if source.is_empty() || source.len() > 128 || source.contains('\0') {
         return Err(bad("invalid_value", "'source' must be 1 to 128 characters").with_param("source"));
     }
     let fb = Feedback {

@@ -43,9 +43,9 @@ impl AppState {
     pub fn build(config: Config) -> anyhow::Result<AppState> {
         let config = Arc::new(config);
         let executor = Executor::from_config(config.clone())?;
-        let store = Store::open(&config.store.path, config.store.max_batch)?;
+        let store = Store::open(&config.store)?;
         let scorer = Scorer::from_config(&config.classifier, config.routing.min_task_confidence)?;
-        let auth = crate::auth::Auth::from_config(&config)?;
+        let auth = crate::auth::Auth::from_config(&config, store.pool())?;
         Ok(AppState {
             config,
             executor,

@@ -24,7 +24,7 @@ use super::data::DataPaths;
 use super::fit;
 use crate::classifier::encoder::{Encoder, FEATURE_DIM};
 use crate::classifier::heads::{Heads, HeadsStore};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::router::{logit, sigmoid};
 use crate::store::{DecisionRecord, Feedback};
 use crate::task::Task;
@@ -36,7 +36,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub struct FromLogOptions {
-    pub db: PathBuf,
+    /// The decision log (`[store]`: SQLite file or Postgres).
+    pub store: StoreConfig,
     pub since_ms: Option<i64>,
     /// The catalogue (priors for abilities, and P(success) of models without learned abilities).
     pub config: Option<Config>,
@@ -244,12 +245,13 @@ impl FromLogReport {
 pub fn train_from_log(opts: &FromLogOptions) -> anyhow::Result<FromLogReport> {
     let store = HeadsStore::new(&opts.heads_dir);
     let current = store.load_current().context("loading the current heads")?;
-    let (records, feedback) = crate::store::read_log(&opts.db, opts.since_ms)?;
+    let (records, feedback) = crate::store::read_log(&opts.store, opts.since_ms)?;
+    let log_name = crate::store::db::Database::from_config(&opts.store)?.describe();
     let (examples, summary) = log_examples(&records, &feedback);
     if examples.is_empty() {
         bail!(
             "no labelled outcomes in {} ({} decisions, {} without prompt features: was the classifier enabled?)",
-            opts.db.display(),
+            log_name,
             summary.records,
             summary.without_features
         );
@@ -458,7 +460,7 @@ pub fn train_from_log(opts: &FromLogOptions) -> anyhow::Result<FromLogReport> {
     }
     new.manifest.training_data = json!({
         "from_log": {
-            "db": opts.db.display().to_string(),
+            "db": log_name,
             "since_ms": opts.since_ms,
             "summary": summary,
             "log_weight": log_weight,

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use std::fs::File;
@@ -76,6 +78,9 @@ pub struct Opts {
     pub gemini_key_env: Option<&'static str>,
     /// Extra environment variables for the router process.
     pub env: Vec<(String, String)>,
+    /// A Postgres decision log (`[store] url`, password from [`pg::PASSWORD_ENV`], which the
+    /// caller puts in `env`) instead of the SQLite file in the test's directory.
+    pub store_url: Option<String>,
 }
 
 impl Default for Opts {
@@ -140,6 +145,7 @@ impl Default for Opts {
             provider_key_env: None,
             gemini_key_env: None,
             env: Vec::new(),
+            store_url: None,
         }
     }
 }
@@ -172,7 +178,7 @@ max_body_bytes = {max_body}
 shutdown_grace_ms = {grace}
 
 [store]
-path = "{db}"
+{store}
 
 [classifier]
 enabled = false
@@ -229,7 +235,10 @@ base_url = "http://127.0.0.1:{dead_port}/v1"
 "#,
             max_body = self.max_body_bytes,
             grace = self.shutdown_grace_ms,
-            db = db.display(),
+            store = match &self.store_url {
+                Some(url) => format!("url = \"{url}\"\npassword_env = \"{}\"", pg::PASSWORD_ENV),
+                None => format!("path = \"{}\"", db.display()),
+            },
             attempt = self.attempt_ms,
             first_byte = self.first_byte_ms,
             idle = self.idle_ms,
@@ -514,6 +523,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .output()
             .expect("running ladder keys")
