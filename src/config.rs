@@ -96,6 +96,9 @@ pub struct ClassifierConfig {
     pub max_tokens: usize,
     /// Cached embeddings for repeated prompts (0 disables the cache).
     pub cache_entries: usize,
+    /// Precision of the encoder's linear layers: "f32" (reference) or "int8" (AVX-512 VNNI where
+    /// the CPU has it, a portable kernel elsewhere; cosine >= 0.99 to the f32 embeddings).
+    pub precision: crate::classifier::Precision,
 }
 
 impl Default for ClassifierConfig {
@@ -109,6 +112,7 @@ impl Default for ClassifierConfig {
             queue_capacity: 512,
             max_tokens: 256,
             cache_entries: 4096,
+            precision: crate::classifier::Precision::default(),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! On this project's 2-core dev machine it takes a 128-token prompt from 75 to 43 ms on one thread
 //! (see `benches/RESULTS.md`).
 
+use super::qgemm::QLinear;
 use anyhow::{Context, anyhow, bail};
 use candle_core::{Device, Storage, Tensor};
 use std::path::Path;
@@ -34,21 +35,88 @@ pub struct FusedBert {
     type0: Vec<f32>,
     emb_ln: (Vec<f32>, Vec<f32>),
     layers: Vec<Layer>,
+    precision: Precision,
     device: Device,
 }
 
 struct Layer {
     /// `(hidden, 3 * hidden)`: [Wq / sqrt(d) | Wk | Wv], transposed.
-    wqkv: Tensor,
+    wqkv: Linear,
     bqkv: Vec<f32>,
-    wo: Tensor,
+    wo: Linear,
     bo: Vec<f32>,
     ln1: (Vec<f32>, Vec<f32>),
-    w1: Tensor,
+    w1: Linear,
     b1: Vec<f32>,
-    w2: Tensor,
+    w2: Linear,
     b2: Vec<f32>,
     ln2: (Vec<f32>, Vec<f32>),
+}
+
+/// Numeric precision of the linear layers (Q/K/V, attention output, both FFN matrices); layer
+/// norm, softmax, GELU, residuals and the attention products stay f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and activations (Candle's matmul): the reference.
+    #[default]
+    F32,
+    /// int8 weights (per output channel) and activations (per token, dynamic), i32 accumulation:
+    /// [`super::qgemm`].
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Precision> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            other => bail!("unknown precision '{other}' (f32 or int8)"),
+        }
+    }
+}
+
+/// A linear layer's weight, `(in, out)`.
+enum Linear {
+    F32(Tensor),
+    Int8(QLinear),
+}
+
+impl Linear {
+    fn new(w: Vec<f32>, inp: usize, out: usize, precision: Precision, device: &Device) -> anyhow::Result<Linear> {
+        Ok(match precision {
+            Precision::F32 => Linear::F32(Tensor::from_vec(w, (inp, out), device)?),
+            Precision::Int8 => Linear::Int8(QLinear::new(&w, inp, out)),
+        })
+    }
+
+    /// `x · W` for `m` rows of `x`.
+    fn forward(&self, x: &[f32], m: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
+        match self {
+            Linear::F32(w) => {
+                let inp = w.dims2()?.0;
+                let y = Tensor::from_slice(x, (m, inp), device)?.matmul(w)?;
+                with_f32(&y, |s| s.to_vec())
+            }
+            Linear::Int8(q) => Ok(q.forward(x, m)),
+        }
+    }
 }
 
 struct Weights<'a>(safetensors::SafeTensors<'a>);
@@ -101,8 +169,13 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> anyhow::Result<R> {
 }
 
 impl FusedBert {
-    /// Load `config.json` and `model.safetensors` from a sentence-transformers BERT directory.
+    /// Load `config.json` and `model.safetensors` from a sentence-transformers BERT directory (f32).
     pub fn load(dir: &Path) -> anyhow::Result<FusedBert> {
+        Self::load_with(dir, Precision::F32)
+    }
+
+    /// [`FusedBert::load`], with the linear layers in `precision` (int8 quantizes them here, once).
+    pub fn load_with(dir: &Path, precision: Precision) -> anyhow::Result<FusedBert> {
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
         let num = |k: &str| {
             cfg[k]
@@ -158,26 +231,19 @@ impl FusedBert {
             let mut bqkv: Vec<f32> = w.vec(&p("attention.self.query.bias"), hidden)?.iter().map(|b| b * scale).collect();
             bqkv.extend(w.vec(&p("attention.self.key.bias"), hidden)?);
             bqkv.extend(w.vec(&p("attention.self.value.bias"), hidden)?);
+            let lin = |w: Vec<f32>, inp: usize, out: usize| Linear::new(w, inp, out, precision, &device);
             layers.push(Layer {
-                wqkv: Tensor::from_vec(wqkv, (hidden, 3 * hidden), &device)?,
+                wqkv: lin(wqkv, hidden, 3 * hidden)?,
                 bqkv,
-                wo: Tensor::from_vec(
-                    w.linear_t(&p("attention.output.dense.weight"), hidden, hidden)?,
-                    (hidden, hidden),
-                    &device,
-                )?,
+                wo: lin(w.linear_t(&p("attention.output.dense.weight"), hidden, hidden)?, hidden, hidden)?,
                 bo: w.vec(&p("attention.output.dense.bias"), hidden)?,
                 ln1: (
                     w.vec(&p("attention.output.LayerNorm.weight"), hidden)?,
                     w.vec(&p("attention.output.LayerNorm.bias"), hidden)?,
                 ),
-                w1: Tensor::from_vec(
-                    w.linear_t(&p("intermediate.dense.weight"), inter, hidden)?,
-                    (hidden, inter),
-                    &device,
-                )?,
+                w1: lin(w.linear_t(&p("intermediate.dense.weight"), inter, hidden)?, hidden, inter)?,
                 b1: w.vec(&p("intermediate.dense.bias"), inter)?,
-                w2: Tensor::from_vec(w.linear_t(&p("output.dense.weight"), hidden, inter)?, (inter, hidden), &device)?,
+                w2: lin(w.linear_t(&p("output.dense.weight"), hidden, inter)?, inter, hidden)?,
                 b2: w.vec(&p("output.dense.bias"), hidden)?,
                 ln2: (
                     w.vec(&p("output.LayerNorm.weight"), hidden)?,
@@ -198,8 +264,13 @@ impl FusedBert {
             type0,
             emb_ln,
             layers,
+            precision,
             device,
         })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Last hidden states `(n, len, hidden)` of a batch of token id sequences, padded (with id 0)
@@ -235,33 +306,31 @@ impl FusedBert {
         }
         (k.add_ln)(&mut x, None, None, &self.emb_ln.0, &self.emb_ln.1, self.eps, h);
 
+        let dev = &self.device;
         for layer in &self.layers {
-            let xt = Tensor::from_vec(x, (m, h), &self.device)?;
-            let qkv = xt.matmul(&layer.wqkv)?; // (m, 3h)
+            let qkv = layer.wqkv.forward(&x, m, dev)?; // (m, 3h)
             // Bias, then split heads: q, k, v as (n * heads, l, d).
-            let (q, kk, v) = with_f32(&qkv, |s| {
-                let mut q = vec![0f32; m * h];
-                let mut kk = vec![0f32; m * h];
-                let mut v = vec![0f32; m * h];
-                for b in 0..n {
-                    for p in 0..l {
-                        let row = &s[(b * l + p) * 3 * h..(b * l + p + 1) * 3 * h];
-                        for hd in 0..nh {
-                            let dst = ((b * nh + hd) * l + p) * d;
-                            for (which, out) in [&mut q, &mut kk, &mut v].into_iter().enumerate() {
-                                let src = which * h + hd * d;
-                                for e in 0..d {
-                                    out[dst + e] = row[src + e] + layer.bqkv[src + e];
-                                }
+            let mut q = vec![0f32; m * h];
+            let mut kk = vec![0f32; m * h];
+            let mut v = vec![0f32; m * h];
+            for b in 0..n {
+                for p in 0..l {
+                    let row = &qkv[(b * l + p) * 3 * h..(b * l + p + 1) * 3 * h];
+                    for hd in 0..nh {
+                        let dst = ((b * nh + hd) * l + p) * d;
+                        for (which, out) in [&mut q, &mut kk, &mut v].into_iter().enumerate() {
+                            let src = which * h + hd * d;
+                            for e in 0..d {
+                                out[dst + e] = row[src + e] + layer.bqkv[src + e];
                             }
                         }
                     }
                 }
-                (q, kk, v)
-            })?;
-            let qt = Tensor::from_vec(q, (n * nh, l, d), &self.device)?;
-            let kt = Tensor::from_vec(kk, (n * nh, l, d), &self.device)?;
-            let vt = Tensor::from_vec(v, (n * nh, l, d), &self.device)?;
+            }
+            drop(qkv);
+            let qt = Tensor::from_vec(q, (n * nh, l, d), dev)?;
+            let kt = Tensor::from_vec(kk, (n * nh, l, d), dev)?;
+            let vt = Tensor::from_vec(v, (n * nh, l, d), dev)?;
             let scores = qt.matmul(&kt.t()?)?; // (n * heads, l, l), already scaled
             let probs = with_f32(&scores, |s| {
                 let mut out = s.to_vec();
@@ -271,7 +340,7 @@ impl FusedBert {
                 }
                 out
             })?;
-            let pt = Tensor::from_vec(probs, (n * nh, l, l), &self.device)?;
+            let pt = Tensor::from_vec(probs, (n * nh, l, l), dev)?;
             let ctx = pt.matmul(&vt)?; // (n * heads, l, d)
             let merged = with_f32(&ctx, |s| {
                 let mut out = vec![0f32; m * h];
@@ -286,32 +355,14 @@ impl FusedBert {
                 }
                 out
             })?;
-            let attn = Tensor::from_vec(merged, (m, h), &self.device)?.matmul(&layer.wo)?;
             // x1 = LN(attn + bo + x)
-            let x1 = with_f32(&attn, |a| {
-                with_f32(&xt, |r| {
-                    let mut out = a.to_vec();
-                    (k.add_ln)(&mut out, Some(&layer.bo), Some(r), &layer.ln1.0, &layer.ln1.1, self.eps, h);
-                    out
-                })
-            })??;
-            drop(xt);
-            let x1t = Tensor::from_vec(x1, (m, h), &self.device)?;
-            let mid = x1t.matmul(&layer.w1)?; // (m, inter)
-            let act = with_f32(&mid, |s| {
-                let mut out = s.to_vec();
-                (k.bias_gelu)(&mut out, &layer.b1, self.inter);
-                out
-            })?;
-            drop(mid);
-            let o = Tensor::from_vec(act, (m, self.inter), &self.device)?.matmul(&layer.w2)?;
-            x = with_f32(&o, |a| {
-                with_f32(&x1t, |r| {
-                    let mut out = a.to_vec();
-                    (k.add_ln)(&mut out, Some(&layer.b2), Some(r), &layer.ln2.0, &layer.ln2.1, self.eps, h);
-                    out
-                })
-            })??;
+            let mut x1 = layer.wo.forward(&merged, m, dev)?;
+            (k.add_ln)(&mut x1, Some(&layer.bo), Some(&x), &layer.ln1.0, &layer.ln1.1, self.eps, h);
+            let mut act = layer.w1.forward(&x1, m, dev)?; // (m, inter)
+            (k.bias_gelu)(&mut act, &layer.b1, self.inter);
+            // x = LN(ffn + b2 + x1)
+            x = layer.w2.forward(&act, m, dev)?;
+            (k.add_ln)(&mut x, Some(&layer.b2), Some(&x1), &layer.ln2.0, &layer.ln2.1, self.eps, h);
         }
         Ok(Tensor::from_vec(x, (n, l, h), &self.device)?)
     }
