@@ -106,15 +106,18 @@ impl Linear {
         })
     }
 
-    /// `x · W` for `m` rows of `x`.
-    fn forward(&self, x: &[f32], m: usize, device: &Device) -> anyhow::Result<Vec<f32>> {
+    /// `out = x · W` for `m` rows of `x`.
+    fn forward_into(&self, x: &[f32], m: usize, out: &mut [f32], device: &Device) -> anyhow::Result<()> {
         match self {
             Linear::F32(w) => {
                 let inp = w.dims2()?.0;
                 let y = Tensor::from_slice(x, (m, inp), device)?.matmul(w)?;
-                with_f32(&y, |s| s.to_vec())
+                with_f32(&y, |s| out.copy_from_slice(s))
             }
-            Linear::Int8(q) => Ok(q.forward(x, m)),
+            Linear::Int8(q) => {
+                q.forward_into(x, m, out);
+                Ok(())
+            }
         }
     }
 }
@@ -273,10 +276,14 @@ impl FusedBert {
         self.precision
     }
 
-    /// Last hidden states `(n, len, hidden)` of a batch of token id sequences, padded (with id 0)
-    /// to the longest; padding is masked out of attention.
+    /// Last hidden states `(n, len, hidden)` of a batch of token id sequences, padded to the
+    /// longest; the padding positions hold zeros.
+    ///
+    /// The sequences are packed (no padding rows): the linear layers, layer norms and GELU see
+    /// only real tokens, and attention runs per sequence over its own tokens, so a short prompt
+    /// batched with a long one costs what it costs alone and nothing needs masking.
     pub fn forward(&self, batch: &[&[u32]]) -> anyhow::Result<Tensor> {
-        let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
+        let h = self.hidden;
         let n = batch.len();
         let l = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         if n == 0 || l == 0 {
@@ -285,19 +292,23 @@ impl FusedBert {
         if l > self.max_pos {
             bail!("sequence of {l} tokens is longer than the model's {} positions", self.max_pos);
         }
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
-        let m = n * l;
+        let mut starts = Vec::with_capacity(n + 1);
+        starts.push(0);
+        for s in batch {
+            starts.push(starts.last().copied().unwrap_or(0) + s.len());
+        }
+        let m = starts[n];
         let k = kernels();
 
         // Embeddings + layer norm.
         let mut x = vec![0f32; m * h];
         for (b, seq) in batch.iter().enumerate() {
-            for p in 0..l {
-                let id = seq.get(p).copied().unwrap_or(0) as usize;
+            for (p, &id) in seq.iter().enumerate() {
+                let id = id as usize;
                 if id >= self.vocab {
                     bail!("token id {id} is outside the vocabulary");
                 }
-                let row = &mut x[(b * l + p) * h..(b * l + p + 1) * h];
+                let row = &mut x[(starts[b] + p) * h..(starts[b] + p + 1) * h];
                 let (wr, pr) = (&self.word[id * h..(id + 1) * h], &self.pos[p * h..(p + 1) * h]);
                 for c in 0..h {
                     row[c] = wr[c] + pr[c] + self.type0[c];
@@ -306,78 +317,76 @@ impl FusedBert {
         }
         (k.add_ln)(&mut x, None, None, &self.emb_ln.0, &self.emb_ln.1, self.eps, h);
 
+        // Buffers reused by every layer.
+        let mut qkv = vec![0f32; m * 3 * h];
+        let mut ctx = vec![0f32; m * h];
+        let mut x1 = vec![0f32; m * h];
+        let mut act = vec![0f32; m * self.inter];
         let dev = &self.device;
         for layer in &self.layers {
-            let qkv = layer.wqkv.forward(&x, m, dev)?; // (m, 3h)
-            // Bias, then split heads: q, k, v as (n * heads, l, d).
-            let mut q = vec![0f32; m * h];
-            let mut kk = vec![0f32; m * h];
-            let mut v = vec![0f32; m * h];
-            for b in 0..n {
-                for p in 0..l {
-                    let row = &qkv[(b * l + p) * 3 * h..(b * l + p + 1) * 3 * h];
-                    for hd in 0..nh {
-                        let dst = ((b * nh + hd) * l + p) * d;
-                        for (which, out) in [&mut q, &mut kk, &mut v].into_iter().enumerate() {
-                            let src = which * h + hd * d;
-                            for e in 0..d {
-                                out[dst + e] = row[src + e] + layer.bqkv[src + e];
-                            }
-                        }
-                    }
-                }
-            }
-            drop(qkv);
-            let qt = Tensor::from_vec(q, (n * nh, l, d), dev)?;
-            let kt = Tensor::from_vec(kk, (n * nh, l, d), dev)?;
-            let vt = Tensor::from_vec(v, (n * nh, l, d), dev)?;
-            let scores = qt.matmul(&kt.t()?)?; // (n * heads, l, l), already scaled
-            let probs = with_f32(&scores, |s| {
-                let mut out = s.to_vec();
-                for (r, row) in out.chunks_exact_mut(l).enumerate() {
-                    let b = r / (nh * l);
-                    (k.softmax)(row, lens[b]);
-                }
-                out
-            })?;
-            let pt = Tensor::from_vec(probs, (n * nh, l, l), dev)?;
-            let ctx = pt.matmul(&vt)?; // (n * heads, l, d)
-            let merged = with_f32(&ctx, |s| {
-                let mut out = vec![0f32; m * h];
-                for b in 0..n {
-                    for hd in 0..nh {
-                        for p in 0..l {
-                            let src = ((b * nh + hd) * l + p) * d;
-                            let dst = (b * l + p) * h + hd * d;
-                            out[dst..dst + d].copy_from_slice(&s[src..src + d]);
-                        }
-                    }
-                }
-                out
-            })?;
+            layer.wqkv.forward_into(&x, m, &mut qkv, dev)?;
+            self.attention(&qkv, &layer.bqkv, &starts, &mut ctx);
             // x1 = LN(attn + bo + x)
-            let mut x1 = layer.wo.forward(&merged, m, dev)?;
+            layer.wo.forward_into(&ctx, m, &mut x1, dev)?;
             (k.add_ln)(&mut x1, Some(&layer.bo), Some(&x), &layer.ln1.0, &layer.ln1.1, self.eps, h);
-            let mut act = layer.w1.forward(&x1, m, dev)?; // (m, inter)
+            layer.w1.forward_into(&x1, m, &mut act, dev)?;
             (k.bias_gelu)(&mut act, &layer.b1, self.inter);
             // x = LN(ffn + b2 + x1)
-            x = layer.w2.forward(&act, m, dev)?;
+            layer.w2.forward_into(&act, m, &mut x, dev)?;
             (k.add_ln)(&mut x, Some(&layer.b2), Some(&x1), &layer.ln2.0, &layer.ln2.1, self.eps, h);
         }
-        Ok(Tensor::from_vec(x, (n, l, h), &self.device)?)
+        let mut out = vec![0f32; n * l * h];
+        for b in 0..n {
+            out[b * l * h..(b * l + batch[b].len()) * h].copy_from_slice(&x[starts[b] * h..starts[b + 1] * h]);
+        }
+        Ok(Tensor::from_vec(out, (n, l, h), &self.device)?)
+    }
+
+    /// Multi-head self-attention of every sequence (rows `starts[b]..starts[b + 1]` of `qkv`,
+    /// `(m, 3h)` before the bias `bqkv`) into `ctx` `(m, h)`, heads merged. One task per
+    /// (sequence, head), spread over the rayon pool when there is enough work.
+    fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32]) {
+        let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
+        let k = kernels();
+        let tasks: Vec<(usize, usize)> = (0..starts.len() - 1).flat_map(|b| (0..nh).map(move |hd| (b, hd))).collect();
+        let flops: usize = starts.windows(2).map(|w| (w[1] - w[0]).pow(2)).sum::<usize>() * 4 * h;
+        let run = |scratch: &mut Vec<f32>, &(b, hd): &(usize, usize)| {
+            let (s, len) = (starts[b], starts[b + 1] - starts[b]);
+            let mut out = vec![0f32; len * d];
+            (k.attention)(&qkv[s * 3 * h..(s + len) * 3 * h], len, h, d, hd, bqkv, &mut out, scratch);
+            out
+        };
+        let results: Vec<Vec<f32>> = if flops >= ATTENTION_PARALLEL_FLOPS && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            tasks.par_iter().map_init(Vec::new, run).collect()
+        } else {
+            let mut scratch = Vec::new();
+            tasks.iter().map(|t| run(&mut scratch, t)).collect()
+        };
+        for (&(b, hd), head) in tasks.iter().zip(results) {
+            for (i, row) in head.chunks_exact(d).enumerate() {
+                let dst = (starts[b] + i) * h + hd * d;
+                ctx[dst..dst + d].copy_from_slice(row);
+            }
+        }
     }
 }
+
+/// Attention work (FLOPs) above which the heads are spread over threads.
+const ATTENTION_PARALLEL_FLOPS: usize = 1 << 22;
 
 // ------------------------------------------------------------------------------------------------
 // Elementwise kernels. Written as plain loops over f32 so that LLVM vectorizes them; compiled
 // twice (baseline x86-64 and AVX2+FMA) and picked once at run time.
 
 type AddLn = fn(&mut [f32], Option<&[f32]>, Option<&[f32]>, &[f32], &[f32], f32, usize);
+/// (qkv rows of one sequence, len, hidden, head_dim, head, bqkv, out (len × head_dim), scratch)
+type Attention = fn(&[f32], usize, usize, usize, usize, &[f32], &mut [f32], &mut Vec<f32>);
 
 struct Kernels {
-    softmax: fn(&mut [f32], usize),
     bias_gelu: fn(&mut [f32], &[f32], usize),
     add_ln: AddLn,
+    attention: Attention,
 }
 
 fn kernels() -> &'static Kernels {
@@ -386,15 +395,15 @@ fn kernels() -> &'static Kernels {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             return Kernels {
-                softmax: |row, valid| unsafe { avx2::softmax(row, valid) },
                 bias_gelu: |x, b, w| unsafe { avx2::bias_gelu(x, b, w) },
                 add_ln: |x, b, r, g, be, e, w| unsafe { avx2::add_ln(x, b, r, g, be, e, w) },
+                attention: |q, l, h, d, hd, b, o, s| unsafe { avx2::attention(q, l, h, d, hd, b, o, s) },
             };
         }
         Kernels {
-            softmax: generic::softmax,
             bias_gelu: generic::bias_gelu,
             add_ln: generic::add_ln,
+            attention: generic::attention,
         }
     })
 }
@@ -478,6 +487,79 @@ macro_rules! kernels_impl {
             }
         }
 
+        /// One head of self-attention over one sequence: `qkv` holds its `len` rows of
+        /// `[q | k | v]` (3 · `h` wide, before the bias `bqkv`; q already scaled by 1/sqrt(d));
+        /// `out` gets `softmax(q kᵀ) v` for head `hd`, `len` rows of `d`.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        pub fn attention_impl(
+            qkv: &[f32],
+            len: usize,
+            h: usize,
+            d: usize,
+            hd: usize,
+            bqkv: &[f32],
+            out: &mut [f32],
+            scratch: &mut Vec<f32>,
+        ) {
+            const RB: usize = 4; // query rows per block
+            const CB: usize = 16; // key columns per block
+            let lp = len.div_ceil(CB) * CB;
+            scratch.clear();
+            scratch.resize(len * d + d * lp + RB * lp, 0.0);
+            let (q, rest) = scratch.split_at_mut(len * d);
+            let (kt, s) = rest.split_at_mut(d * lp);
+            // Gather q (len × d) and kᵀ (d × lp, zero-padded columns), bias added.
+            let (qo, ko) = (hd * d, h + hd * d);
+            for i in 0..len {
+                let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
+                for e in 0..d {
+                    q[i * d + e] = row[qo + e] + bqkv[qo + e];
+                    kt[e * lp + i] = row[ko + e] + bqkv[ko + e];
+                }
+            }
+            let vo = 2 * h + hd * d;
+            for i0 in (0..len).step_by(RB) {
+                let rows = RB.min(len - i0);
+                // Scores of rows i0.. against all keys, a RB × CB register block at a time.
+                for j0 in (0..lp).step_by(CB) {
+                    let mut acc = [[0f32; CB]; RB];
+                    for e in 0..d {
+                        let kv = &kt[e * lp + j0..e * lp + j0 + CB];
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let qv = q[(i0 + r.min(rows - 1)) * d + e];
+                            for c in 0..CB {
+                                acc[c] = madd(qv, kv[c], acc[c]);
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        s[r * lp + j0..r * lp + j0 + CB].copy_from_slice(acc);
+                    }
+                }
+                for r in 0..rows {
+                    softmax_impl(&mut s[r * lp..r * lp + len], len);
+                }
+                // out rows = p · v, v read in place (+ bias once at the end: Σ p = 1).
+                let o = &mut out[i0 * d..(i0 + rows) * d];
+                o.fill(0.0);
+                for j in 0..len {
+                    let v = &qkv[j * 3 * h + vo..j * 3 * h + vo + d];
+                    for r in 0..rows {
+                        let p = s[r * lp + j];
+                        for (o, v) in o[r * d..(r + 1) * d].iter_mut().zip(v) {
+                            *o = madd(p, *v, *o);
+                        }
+                    }
+                }
+                for row in o.chunks_exact_mut(d) {
+                    for (o, b) in row.iter_mut().zip(&bqkv[vo..vo + d]) {
+                        *o += *b;
+                    }
+                }
+            }
+        }
+
         /// `x = layer_norm(x + bias + residual) * gamma + beta`, row by row.
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
@@ -532,8 +614,10 @@ macro_rules! kernels_impl {
 
 mod generic {
     kernels_impl!();
-    pub fn softmax(row: &mut [f32], valid: usize) {
-        softmax_impl(row, valid)
+    /// a · b + c (no FMA in the baseline: `mul_add` would call libm).
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
     }
     pub fn bias_gelu(x: &mut [f32], bias: &[f32], width: usize) {
         bias_gelu_impl(x, bias, width)
@@ -541,15 +625,20 @@ mod generic {
     #[allow(clippy::too_many_arguments)]
     pub fn add_ln(x: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, width: usize) {
         add_ln_impl(x, bias, residual, gamma, beta, eps, width)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(qkv: &[f32], len: usize, h: usize, d: usize, hd: usize, b: &[f32], out: &mut [f32], s: &mut Vec<f32>) {
+        attention_impl(qkv, len, h, d, hd, b, out, s)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     kernels_impl!();
-    #[target_feature(enable = "avx2,fma")]
-    pub fn softmax(row: &mut [f32], valid: usize) {
-        softmax_impl(row, valid)
+    /// a · b + c, one FMA instruction (inlined into the `fma` functions below).
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
     }
     #[target_feature(enable = "avx2,fma")]
     pub fn bias_gelu(x: &mut [f32], bias: &[f32], width: usize) {
@@ -559,6 +648,11 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     pub fn add_ln(x: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, width: usize) {
         add_ln_impl(x, bias, residual, gamma, beta, eps, width)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(qkv: &[f32], len: usize, h: usize, d: usize, hd: usize, b: &[f32], out: &mut [f32], s: &mut Vec<f32>) {
+        attention_impl(qkv, len, h, d, hd, b, out, s)
     }
 }
 
@@ -618,10 +712,58 @@ mod tests {
         assert!(exp_err < 1e-6, "exp relative error {exp_err:e}");
     }
 
+    /// Attention of one head in f64, straight from the definition.
+    fn naive_attention(qkv: &[f32], len: usize, h: usize, d: usize, hd: usize, b: &[f32]) -> Vec<f64> {
+        let at = |i: usize, o: usize| (qkv[i * 3 * h + o] + b[o]) as f64;
+        let mut out = vec![0f64; len * d];
+        for i in 0..len {
+            let s: Vec<f64> = (0..len)
+                .map(|j| (0..d).map(|e| at(i, hd * d + e) * at(j, h + hd * d + e)).sum())
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = s.iter().map(|v| (v - max).exp()).sum();
+            for (j, sj) in s.iter().enumerate() {
+                let p = (sj - max).exp() / sum;
+                for e in 0..d {
+                    out[i * d + e] += p * at(j, 2 * h + hd * d + e);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_definition() {
+        let (h, d) = (96, 32);
+        let mut seed = 12345u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        };
+        for len in [1usize, 3, 5, 16, 17, 70] {
+            let qkv: Vec<f32> = (0..len * 3 * h).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..3 * h).map(|_| rnd() * 0.1).collect();
+            for hd in [0, 2] {
+                let want = naive_attention(&qkv, len, h, d, hd, &bias);
+                let mut got = vec![f32::NAN; len * d];
+                let mut scratch = Vec::new();
+                (kernels().attention)(&qkv, len, h, d, hd, &bias, &mut got, &mut scratch);
+                let mut generic_out = vec![f32::NAN; len * d];
+                generic::attention(&qkv, len, h, d, hd, &bias, &mut generic_out, &mut scratch);
+                for (i, w) in want.iter().enumerate() {
+                    assert!((got[i] as f64 - w).abs() < 1e-4, "len {len} head {hd} [{i}]: {} vs {w}", got[i]);
+                    assert!((generic_out[i] as f64 - w).abs() < 1e-4, "generic, len {len} head {hd} [{i}]");
+                }
+            }
+        }
+    }
+
     #[test]
     fn softmax_masks_padding_and_sums_to_one() {
         let mut row = vec![1.0f32, 2.0, 3.0, 100.0, -5.0];
-        generic::softmax(&mut row, 3);
+        generic::softmax_impl(&mut row, 3);
         assert_eq!(&row[3..], &[0.0, 0.0]);
         assert!((row[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
         let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|x| x.exp()).collect();

@@ -171,12 +171,10 @@ impl QLinear {
             for o in &outliers {
                 let row = &mut out[(m0 + o.row as usize) * self.n..(m0 + o.row as usize + 1) * self.n];
                 let k = o.col as usize;
-                for (p, chunk) in row.chunks_mut(NR).enumerate() {
-                    let w = &self.w[p * self.kp * NR + (k / 4) * NR * 4 + k % 4..];
-                    let s = &self.scale[p * NR..];
-                    for (c, y) in chunk.iter_mut().enumerate() {
-                        *y += o.val * (s[c] * w[c * 4] as f32);
-                    }
+                for (p, y) in row.chunks_mut(NR).enumerate() {
+                    let w = &self.w[p * self.kp * NR + (k / 4) * NR * 4..][..NR * 4];
+                    let s = &self.scale[p * NR..(p + 1) * NR];
+                    (kern.add_outlier)(y, o.val, s, w, k % 4);
                 }
             }
         }
@@ -224,11 +222,14 @@ struct Tile<'a> {
 /// `tile.cols` writable floats.
 type TileFn = unsafe fn(&Tile, *mut f32, usize);
 type QuantizeFn = fn(&[f32], usize, usize, &mut [u8], &mut [f32], &mut Vec<Outlier>);
+/// `y[c] += val · s[c] · w[4c + off]` over one panel's columns (an outlier added back).
+type AddOutlierFn = fn(&mut [f32], f32, &[f32], &[i8], usize);
 
 struct Kernels {
     name: &'static str,
     tile: TileFn,
     quantize: QuantizeFn,
+    add_outlier: AddOutlierFn,
 }
 
 fn kernels() -> &'static Kernels {
@@ -242,6 +243,7 @@ fn kernels() -> &'static Kernels {
                     // SAFETY (both): the CPU has the features these functions are compiled for.
                     tile: |t, c, ldc| unsafe { vnni::tile(t, c, ldc) },
                     quantize: |x, k, kp, q, s, o| unsafe { vnni::quantize(x, k, kp, q, s, o) },
+                    add_outlier: |y, v, s, w, off| unsafe { vnni::add_outlier(y, v, s, w, off) },
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -250,6 +252,7 @@ fn kernels() -> &'static Kernels {
                     // SAFETY (both): the CPU has AVX2 and FMA.
                     tile: |t, c, ldc| unsafe { avx2::tile(t, c, ldc) },
                     quantize: |x, k, kp, q, s, o| unsafe { avx2::quantize(x, k, kp, q, s, o) },
+                    add_outlier: |y, v, s, w, off| unsafe { avx2::add_outlier(y, v, s, w, off) },
                 };
             }
         }
@@ -257,6 +260,7 @@ fn kernels() -> &'static Kernels {
             name: "portable",
             tile: generic::tile,
             quantize: generic::quantize,
+            add_outlier: generic::add_outlier,
         }
     })
 }
@@ -353,6 +357,23 @@ macro_rules! portable_impl {
             }
         }
 
+        /// See [`super::AddOutlierFn`]; one loop per byte offset, so that each vectorizes.
+        #[inline(always)]
+        pub fn add_outlier_impl(y: &mut [f32], val: f32, s: &[f32], w: &[i8], off: usize) {
+            #[inline(always)]
+            fn add<const OFF: usize>(y: &mut [f32], val: f32, s: &[f32], w: &[i8]) {
+                for ((y, s), w) in y.iter_mut().zip(s).zip(w.chunks_exact(4)) {
+                    *y += val * (s * w[OFF] as f32);
+                }
+            }
+            match off {
+                0 => add::<0>(y, val, s, w),
+                1 => add::<1>(y, val, s, w),
+                2 => add::<2>(y, val, s, w),
+                _ => add::<3>(y, val, s, w),
+            }
+        }
+
         /// `out = clamp(round_ties_even(row · inv), -127, 127) + 128`.
         #[inline(always)]
         #[allow(dead_code)] // the VNNI module has its own
@@ -398,6 +419,10 @@ mod generic {
         quantize_impl(x, k, kp, q, s, o)
     }
 
+    pub fn add_outlier(y: &mut [f32], val: f32, s: &[f32], w: &[i8], off: usize) {
+        add_outlier_impl(y, val, s, w, off)
+    }
+
     /// # Safety
     /// `c` must point at `t.rows` rows (stride `ldc`) of `t.cols` writable floats that nothing
     /// else accesses during the call.
@@ -417,6 +442,13 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn quantize(x: &[f32], k: usize, kp: usize, q: &mut [u8], s: &mut [f32], o: &mut Vec<super::Outlier>) {
         quantize_impl(x, k, kp, q, s, o)
+    }
+
+    /// # Safety
+    /// The CPU must support the features this module is compiled for.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn add_outlier(y: &mut [f32], val: f32, s: &[f32], w: &[i8], off: usize) {
+        add_outlier_impl(y, val, s, w, off)
     }
 
     /// # Safety
@@ -459,6 +491,13 @@ mod vnni {
             }
         }
         convert_row_portable(&row[full..n], inv, &mut out[full..n]);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn add_outlier(y: &mut [f32], val: f32, s: &[f32], w: &[i8], off: usize) {
+        add_outlier_impl(y, val, s, w, off)
     }
 
     /// # Safety
