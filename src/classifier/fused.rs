@@ -343,30 +343,53 @@ impl FusedBert {
     }
 
     /// Multi-head self-attention of every sequence (rows `starts[b]..starts[b + 1]` of `qkv`,
-    /// `(m, 3h)` before the bias `bqkv`) into `ctx` `(m, h)`, heads merged. One task per
-    /// (sequence, head), spread over the rayon pool when there is enough work.
+    /// `(m, 3h)` before the bias `bqkv`) into `ctx` `(m, h)`, heads merged. One task per sequence
+    /// (all heads: its rows are read once, in order), or per (sequence, half of the heads) when
+    /// there are fewer sequences than threads; tasks spread over the rayon pool when there is
+    /// enough work.
     fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32]) {
         let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
         let k = kernels();
-        let tasks: Vec<(usize, usize)> = (0..starts.len() - 1).flat_map(|b| (0..nh).map(move |hd| (b, hd))).collect();
+        let n = starts.len() - 1;
         let flops: usize = starts.windows(2).map(|w| (w[1] - w[0]).pow(2)).sum::<usize>() * 4 * h;
-        let run = |scratch: &mut Vec<f32>, &(b, hd): &(usize, usize)| {
-            let (s, len) = (starts[b], starts[b + 1] - starts[b]);
-            let mut out = vec![0f32; len * d];
-            (k.attention)(&qkv[s * 3 * h..(s + len) * 3 * h], len, h, d, hd, bqkv, &mut out, scratch);
+        let threads = if flops >= ATTENTION_PARALLEL_FLOPS {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let splits = if n >= threads { 1 } else { threads.div_ceil(n).min(nh) };
+        let per = nh.div_ceil(splits);
+        let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..n)
+            .flat_map(|b| (0..splits).map(move |t| (b, t * per..((t + 1) * per).min(nh))))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        let run = |scratch: &mut Vec<f32>, (b, heads): &(usize, std::ops::Range<usize>)| {
+            let (s, len) = (starts[*b], starts[b + 1] - starts[*b]);
+            let mut out = vec![0f32; len * heads.len() * d];
+            (k.attention)(
+                &qkv[s * 3 * h..(s + len) * 3 * h],
+                len,
+                h,
+                d,
+                heads.clone(),
+                bqkv,
+                &mut out,
+                scratch,
+            );
             out
         };
-        let results: Vec<Vec<f32>> = if flops >= ATTENTION_PARALLEL_FLOPS && rayon::current_num_threads() > 1 {
+        let results: Vec<Vec<f32>> = if threads > 1 {
             use rayon::prelude::*;
             tasks.par_iter().map_init(Vec::new, run).collect()
         } else {
             let mut scratch = Vec::new();
             tasks.iter().map(|t| run(&mut scratch, t)).collect()
         };
-        for (&(b, hd), head) in tasks.iter().zip(results) {
-            for (i, row) in head.chunks_exact(d).enumerate() {
-                let dst = (starts[b] + i) * h + hd * d;
-                ctx[dst..dst + d].copy_from_slice(row);
+        for ((b, heads), part) in tasks.iter().zip(results) {
+            let w = heads.len() * d;
+            for (i, row) in part.chunks_exact(w).enumerate() {
+                let dst = (starts[*b] + i) * h + heads.start * d;
+                ctx[dst..dst + w].copy_from_slice(row);
             }
         }
     }
@@ -380,8 +403,9 @@ const ATTENTION_PARALLEL_FLOPS: usize = 1 << 22;
 // twice (baseline x86-64 and AVX2+FMA) and picked once at run time.
 
 type AddLn = fn(&mut [f32], Option<&[f32]>, Option<&[f32]>, &[f32], &[f32], f32, usize);
-/// (qkv rows of one sequence, len, hidden, head_dim, head, bqkv, out (len × head_dim), scratch)
-type Attention = fn(&[f32], usize, usize, usize, usize, &[f32], &mut [f32], &mut Vec<f32>);
+/// (qkv rows of one sequence, len, hidden, head_dim, heads, bqkv, out (len × heads · head_dim),
+/// scratch)
+type Attention = fn(&[f32], usize, usize, usize, std::ops::Range<usize>, &[f32], &mut [f32], &mut Vec<f32>);
 
 struct Kernels {
     bias_gelu: fn(&mut [f32], &[f32], usize),
@@ -487,9 +511,9 @@ macro_rules! kernels_impl {
             }
         }
 
-        /// One head of self-attention over one sequence: `qkv` holds its `len` rows of
+        /// Self-attention of heads `hd0..hd1` over one sequence: `qkv` holds its `len` rows of
         /// `[q | k | v]` (3 · `h` wide, before the bias `bqkv`; q already scaled by 1/sqrt(d));
-        /// `out` gets `softmax(q kᵀ) v` for head `hd`, `len` rows of `d`.
+        /// `out` gets `softmax(q kᵀ) v` of those heads, `len` rows of `(hd1 - hd0) · d`.
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
         pub fn attention_impl(
@@ -497,7 +521,7 @@ macro_rules! kernels_impl {
             len: usize,
             h: usize,
             d: usize,
-            hd: usize,
+            heads: std::ops::Range<usize>,
             bqkv: &[f32],
             out: &mut [f32],
             scratch: &mut Vec<f32>,
@@ -505,56 +529,66 @@ macro_rules! kernels_impl {
             const RB: usize = 4; // query rows per block
             const CB: usize = 16; // key columns per block
             let lp = len.div_ceil(CB) * CB;
+            let nh = heads.len();
+            let per_head = 2 * len * d + d * lp;
             scratch.clear();
-            scratch.resize(len * d + d * lp + RB * lp, 0.0);
-            let (q, rest) = scratch.split_at_mut(len * d);
-            let (kt, s) = rest.split_at_mut(d * lp);
-            // Gather q (len × d) and kᵀ (d × lp, zero-padded columns), bias added.
-            let (qo, ko) = (hd * d, h + hd * d);
+            scratch.resize(nh * per_head + RB * lp, 0.0);
+            let (all, s) = scratch.split_at_mut(nh * per_head);
+            // Gather, row by row (sequential reads): per head q (len × d), v (len × d) and
+            // kᵀ (d × lp, zero-padded columns), bias added.
             for i in 0..len {
                 let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
-                for e in 0..d {
-                    q[i * d + e] = row[qo + e] + bqkv[qo + e];
-                    kt[e * lp + i] = row[ko + e] + bqkv[ko + e];
+                for (t, hd) in heads.clone().enumerate() {
+                    let buf = &mut all[t * per_head..(t + 1) * per_head];
+                    let (q, rest) = buf.split_at_mut(len * d);
+                    let (v, kt) = rest.split_at_mut(len * d);
+                    let (qo, ko, vo) = (hd * d, h + hd * d, 2 * h + hd * d);
+                    for (dst, off) in [(&mut q[i * d..(i + 1) * d], qo), (&mut v[i * d..(i + 1) * d], vo)] {
+                        for ((o, x), b) in dst.iter_mut().zip(&row[off..off + d]).zip(&bqkv[off..off + d]) {
+                            *o = *x + *b;
+                        }
+                    }
+                    for (e, (x, b)) in row[ko..ko + d].iter().zip(&bqkv[ko..ko + d]).enumerate() {
+                        kt[e * lp + i] = *x + *b;
+                    }
                 }
             }
-            let vo = 2 * h + hd * d;
-            for i0 in (0..len).step_by(RB) {
-                let rows = RB.min(len - i0);
-                // Scores of rows i0.. against all keys, a RB × CB register block at a time.
-                for j0 in (0..lp).step_by(CB) {
-                    let mut acc = [[0f32; CB]; RB];
-                    for e in 0..d {
-                        let kv = &kt[e * lp + j0..e * lp + j0 + CB];
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let qv = q[(i0 + r.min(rows - 1)) * d + e];
-                            for c in 0..CB {
-                                acc[c] = madd(qv, kv[c], acc[c]);
+            let w = nh * d;
+            for t in 0..nh {
+                let buf = &all[t * per_head..(t + 1) * per_head];
+                let (q, rest) = buf.split_at(len * d);
+                let (v, kt) = rest.split_at(len * d);
+                for i0 in (0..len).step_by(RB) {
+                    let rows = RB.min(len - i0);
+                    // Scores of rows i0.. against all keys, a RB × CB register block at a time.
+                    for j0 in (0..lp).step_by(CB) {
+                        let mut acc = [[0f32; CB]; RB];
+                        for e in 0..d {
+                            let kv = &kt[e * lp + j0..e * lp + j0 + CB];
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let qv = q[(i0 + r.min(rows - 1)) * d + e];
+                                for c in 0..CB {
+                                    acc[c] = madd(qv, kv[c], acc[c]);
+                                }
                             }
                         }
-                    }
-                    for (r, acc) in acc.iter().enumerate() {
-                        s[r * lp + j0..r * lp + j0 + CB].copy_from_slice(acc);
-                    }
-                }
-                for r in 0..rows {
-                    softmax_impl(&mut s[r * lp..r * lp + len], len);
-                }
-                // out rows = p · v, v read in place (+ bias once at the end: Σ p = 1).
-                let o = &mut out[i0 * d..(i0 + rows) * d];
-                o.fill(0.0);
-                for j in 0..len {
-                    let v = &qkv[j * 3 * h + vo..j * 3 * h + vo + d];
-                    for r in 0..rows {
-                        let p = s[r * lp + j];
-                        for (o, v) in o[r * d..(r + 1) * d].iter_mut().zip(v) {
-                            *o = madd(p, *v, *o);
+                        for (r, acc) in acc.iter().enumerate() {
+                            s[r * lp + j0..r * lp + j0 + CB].copy_from_slice(acc);
                         }
                     }
-                }
-                for row in o.chunks_exact_mut(d) {
-                    for (o, b) in row.iter_mut().zip(&bqkv[vo..vo + d]) {
-                        *o += *b;
+                    for r in 0..rows {
+                        softmax_impl(&mut s[r * lp..r * lp + len], len);
+                    }
+                    // Output rows = p · v.
+                    for r in 0..rows {
+                        let o = &mut out[(i0 + r) * w + t * d..(i0 + r) * w + (t + 1) * d];
+                        o.fill(0.0);
+                        for (j, v) in v.chunks_exact(d).enumerate() {
+                            let p = s[r * lp + j];
+                            for (o, v) in o.iter_mut().zip(v) {
+                                *o = madd(p, *v, *o);
+                            }
+                        }
                     }
                 }
             }
@@ -627,7 +661,16 @@ mod generic {
         add_ln_impl(x, bias, residual, gamma, beta, eps, width)
     }
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(qkv: &[f32], len: usize, h: usize, d: usize, hd: usize, b: &[f32], out: &mut [f32], s: &mut Vec<f32>) {
+    pub fn attention(
+        qkv: &[f32],
+        len: usize,
+        h: usize,
+        d: usize,
+        hd: std::ops::Range<usize>,
+        b: &[f32],
+        out: &mut [f32],
+        s: &mut Vec<f32>,
+    ) {
         attention_impl(qkv, len, h, d, hd, b, out, s)
     }
 }
@@ -651,7 +694,16 @@ mod avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(qkv: &[f32], len: usize, h: usize, d: usize, hd: usize, b: &[f32], out: &mut [f32], s: &mut Vec<f32>) {
+    pub fn attention(
+        qkv: &[f32],
+        len: usize,
+        h: usize,
+        d: usize,
+        hd: std::ops::Range<usize>,
+        b: &[f32],
+        out: &mut [f32],
+        s: &mut Vec<f32>,
+    ) {
         attention_impl(qkv, len, h, d, hd, b, out, s)
     }
 }
@@ -734,7 +786,12 @@ mod tests {
 
     #[test]
     fn attention_matches_the_definition() {
-        let (h, d) = (96, 32);
+        for d in [32, 16] {
+            attention_case(3 * d, d);
+        }
+    }
+
+    fn attention_case(h: usize, d: usize) {
         let mut seed = 12345u64;
         let mut rnd = || {
             seed ^= seed << 13;
@@ -745,16 +802,22 @@ mod tests {
         for len in [1usize, 3, 5, 16, 17, 70] {
             let qkv: Vec<f32> = (0..len * 3 * h).map(|_| rnd()).collect();
             let bias: Vec<f32> = (0..3 * h).map(|_| rnd() * 0.1).collect();
-            for hd in [0, 2] {
-                let want = naive_attention(&qkv, len, h, d, hd, &bias);
-                let mut got = vec![f32::NAN; len * d];
+            for heads in [0..3, 1..3, 2..3] {
+                let w = heads.len() * d;
+                let mut got = vec![f32::NAN; len * w];
                 let mut scratch = Vec::new();
-                (kernels().attention)(&qkv, len, h, d, hd, &bias, &mut got, &mut scratch);
-                let mut generic_out = vec![f32::NAN; len * d];
-                generic::attention(&qkv, len, h, d, hd, &bias, &mut generic_out, &mut scratch);
-                for (i, w) in want.iter().enumerate() {
-                    assert!((got[i] as f64 - w).abs() < 1e-4, "len {len} head {hd} [{i}]: {} vs {w}", got[i]);
-                    assert!((generic_out[i] as f64 - w).abs() < 1e-4, "generic, len {len} head {hd} [{i}]");
+                (kernels().attention)(&qkv, len, h, d, heads.clone(), &bias, &mut got, &mut scratch);
+                let mut generic_out = vec![f32::NAN; len * w];
+                generic::attention(&qkv, len, h, d, heads.clone(), &bias, &mut generic_out, &mut scratch);
+                for (t, hd) in heads.clone().enumerate() {
+                    let want = naive_attention(&qkv, len, h, d, hd, &bias);
+                    for i in 0..len {
+                        for e in 0..d {
+                            let (g, gg, w_) = (got[i * w + t * d + e], generic_out[i * w + t * d + e], want[i * d + e]);
+                            assert!((g as f64 - w_).abs() < 1e-4, "len {len} head {hd} [{i}][{e}]: {g} vs {w_}");
+                            assert!((gg as f64 - w_).abs() < 1e-4, "generic, len {len} head {hd} [{i}][{e}]");
+                        }
+                    }
                 }
             }
         }
