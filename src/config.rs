@@ -96,8 +96,9 @@ pub struct ClassifierConfig {
     pub max_tokens: usize,
     /// Cached embeddings for repeated prompts (0 disables the cache).
     pub cache_entries: usize,
-    /// Precision of the encoder's linear layers: "f32" (reference) or "int8" (AVX-512 VNNI where
-    /// the CPU has it, a portable kernel elsewhere; cosine >= 0.99 to the f32 embeddings).
+    /// Precision of the encoder's linear layers: "auto" (int8 where the CPU has AVX-512 VNNI,
+    /// else f32), "f32" (the reference) or "int8" (a portable kernel where VNNI is missing;
+    /// cosine >= 0.99 to the f32 embeddings, routing metrics unchanged, see benches/RESULTS.md).
     pub precision: crate::classifier::Precision,
 }
 

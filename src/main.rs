@@ -141,8 +141,8 @@ enum Command {
         /// Where to write the cost-quality curve (SVG).
         #[arg(long, default_value = "training/reports/cost-quality.svg")]
         plot: PathBuf,
-        /// Precision of the encoder's linear layers (f32 or int8), as `[classifier] precision`.
-        #[arg(long, default_value = "f32")]
+        /// Precision of the encoder's linear layers (auto, f32 or int8), as `[classifier] precision`.
+        #[arg(long, default_value = "auto")]
         precision: ladder::classifier::Precision,
     },
 }
@@ -360,7 +360,7 @@ fn eval_command(
     let heads = training::load_heads(&heads_dir, heads.as_deref())?;
     let encoder = ladder::classifier::encoder::Encoder::load_with(&model_dir, 256, precision)?;
     // Embeddings are cached per precision (the f32 file is the one training writes).
-    let mut cache = training::EmbeddingCache::in_dir_for(&training_dir.join("cache"), precision);
+    let mut cache = training::EmbeddingCache::in_dir_for(&training_dir.join("cache"), encoder.precision());
     let report = match &outcomes {
         Some(file) => training::evaluate_file(&heads, &encoder, &mut cache, file, weak.as_deref(), strong.as_deref(), 256)?,
         None => {

@@ -67,6 +67,11 @@ impl Encoder {
 
     /// [`Encoder::load`] with the linear layers in `precision` (`[classifier] precision`).
     pub fn load_with(dir: &Path, max_tokens: usize, precision: Precision) -> anyhow::Result<Encoder> {
+        let candle = std::env::var("LADDER_ENCODER").as_deref() == Ok("candle");
+        let precision = match precision {
+            Precision::Auto if candle => Precision::F32, // the reference, as asked
+            p => p.resolve(),
+        };
         let hint = "run scripts/fetch-model.sh to install the encoder weights";
         let config: BertConfig = serde_json::from_str(
             &std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json ({hint})", dir.display()))?,
@@ -84,10 +89,10 @@ impl Encoder {
         if !weights.exists() {
             anyhow::bail!("{} is missing ({hint})", weights.display());
         }
-        let fused = match std::env::var("LADDER_ENCODER").as_deref() {
-            Ok("candle") if precision == Precision::F32 => None,
-            Ok("candle") => anyhow::bail!("precision {precision} needs the fused encoder (unset LADDER_ENCODER=candle)"),
-            _ => match super::fused::FusedBert::load_with(dir, precision) {
+        let fused = match candle {
+            true if precision == Precision::F32 => None,
+            true => anyhow::bail!("precision {precision} needs the fused encoder (unset LADDER_ENCODER=candle)"),
+            false => match super::fused::FusedBert::load_with(dir, precision) {
                 Ok(m) => Some(m),
                 Err(e) if precision == Precision::F32 => {
                     tracing::warn!(error = %e, "fused encoder unavailable; using candle-transformers' BertModel");

@@ -58,19 +58,31 @@ struct Layer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 weights and activations (Candle's matmul): the reference.
+    /// int8 where the CPU has AVX-512 VNNI (where it pays), else f32.
     #[default]
+    Auto,
+    /// f32 weights and activations (Candle's matmul): the reference.
     F32,
     /// int8 weights (per output channel) and activations (per token, dynamic), i32 accumulation:
-    /// [`super::qgemm`].
+    /// [`super::qgemm`]. Without VNNI a portable kernel runs it (same results, slower than f32).
     Int8,
 }
 
 impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+        }
+    }
+
+    /// `Auto` decided for this CPU; `F32` and `Int8` as they are.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if super::qgemm::vnni_available() => Precision::Int8,
+            Precision::Auto => Precision::F32,
+            p => p,
         }
     }
 }
@@ -85,9 +97,10 @@ impl std::str::FromStr for Precision {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Precision> {
         match s {
+            "auto" => Ok(Precision::Auto),
             "f32" => Ok(Precision::F32),
             "int8" => Ok(Precision::Int8),
-            other => bail!("unknown precision '{other}' (f32 or int8)"),
+            other => bail!("unknown precision '{other}' (auto, f32 or int8)"),
         }
     }
 }
@@ -101,8 +114,8 @@ enum Linear {
 impl Linear {
     fn new(w: Vec<f32>, inp: usize, out: usize, precision: Precision, device: &Device) -> anyhow::Result<Linear> {
         Ok(match precision {
-            Precision::F32 => Linear::F32(Tensor::from_vec(w, (inp, out), device)?),
             Precision::Int8 => Linear::Int8(QLinear::new(&w, inp, out)),
+            _ => Linear::F32(Tensor::from_vec(w, (inp, out), device)?),
         })
     }
 
@@ -179,6 +192,7 @@ impl FusedBert {
 
     /// [`FusedBert::load`], with the linear layers in `precision` (int8 quantizes them here, once).
     pub fn load_with(dir: &Path, precision: Precision) -> anyhow::Result<FusedBert> {
+        let precision = precision.resolve();
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
         let num = |k: &str| {
             cfg[k]
@@ -821,6 +835,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn precision_parses_and_resolves() {
+        for (text, p) in [("auto", Precision::Auto), ("f32", Precision::F32), ("int8", Precision::Int8)] {
+            assert_eq!(text.parse::<Precision>().unwrap(), p);
+            assert_eq!(p.to_string(), text);
+        }
+        assert!("fp16".parse::<Precision>().is_err());
+        assert_eq!(Precision::F32.resolve(), Precision::F32);
+        assert_eq!(Precision::Int8.resolve(), Precision::Int8);
+        let auto = Precision::Auto.resolve();
+        assert_eq!(auto == Precision::Int8, crate::classifier::qgemm::vnni_available());
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl EmbeddingCache {
 
     /// The cache file for embeddings computed at `precision` (f32: the file [`Self::in_dir`] names).
     pub fn in_dir_for(dir: &Path, precision: crate::classifier::Precision) -> EmbeddingCache {
-        let suffix = match precision {
+        let suffix = match precision.resolve() {
             crate::classifier::Precision::F32 => String::new(),
             p => format!("-{p}"),
         };
