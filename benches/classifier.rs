@@ -1,4 +1,4 @@
-//! Criterion benches of the classifier's encoder (all-MiniLM-L6-v2, CPU, f32).
+//! Criterion benches of the classifier's encoder (all-MiniLM-L6-v2, CPU, f32 and int8).
 //!
 //! - `encoder_single/{16,64,128,256}`: one prompt of exactly N tokens ([CLS] and [SEP] included)
 //!   through [`Encoder::features`], what the inference pool runs per batch (forward pass, mean

@@ -1,21 +1,23 @@
-//! A fused CPU forward pass for BERT encoders like all-MiniLM-L6-v2 (f32), written to remove what
+//! A fused CPU forward pass for BERT encoders like all-MiniLM-L6-v2, written to remove what
 //! the profile of candle-transformers' `BertModel` shows besides the matrix products: scalar
 //! `erff`/`expf` in GELU and softmax, one full pass over memory per elementwise op (bias, scale,
 //! mask, residual, layer norm are separate tensor ops there), the three Q/K/V products, and fresh
 //! allocations per op.
 //!
-//! Here the matrix products still go through Candle (`Tensor::matmul`, i.e. the `gemm` crate), with
-//! Q, K and V fused into one (the 1/sqrt(d) scale folded into the query weights); everything
-//! between two products is a single pass over the data: bias + head split, masked softmax, head
-//! merge, bias + residual + layer norm, bias + GELU. GELU's erf and softmax's exp are branch-free
-//! polynomial approximations (max error ~1e-7, checked against libm in the tests) that the
-//! compiler vectorizes, with an AVX2+FMA build of the loops chosen at run time.
+//! Here the linear layers go through Candle (`Tensor::matmul`, i.e. the `gemm` crate) in f32, or
+//! through [`super::qgemm`] in int8 ([`Precision`]), with Q, K and V fused into one product (the
+//! 1/sqrt(d) scale folded into the query weights). The batch is packed: only real tokens go
+//! through the linear layers, and attention runs per sequence over its own tokens (no padding, no
+//! mask) in its own kernel (bias + head split gathered in one pass, register-blocked q·kᵀ,
+//! softmax, p·v). Everything between two products is a single pass over the data: bias +
+//! residual + layer norm, bias + GELU. GELU's erf and softmax's exp are branch-free polynomial
+//! approximations (max error ~1e-7, checked against libm in the tests) that the compiler
+//! vectorizes, with an AVX2+FMA build of the loops chosen at run time.
 //!
 //! Output: the last hidden state `(n, len, hidden)`, as `BertModel::forward` returns it; the
 //! sentence embeddings agree with that path to a cosine of 0.9999998 (`benches/classifier.rs`
 //! checks it on every run, `tests/classifier.rs` checks the result against sentence-transformers).
-//! On this project's 2-core dev machine it takes a 128-token prompt from 75 to 43 ms on one thread
-//! (see `benches/RESULTS.md`).
+//! Timings (f32 and int8): `benches/RESULTS.md`.
 
 use super::qgemm::QLinear;
 use anyhow::{Context, anyhow, bail};
