@@ -1,9 +1,14 @@
-//! Criterion benches of the classifier's encoder (all-MiniLM-L6-v2, CPU, f32).
+//! Criterion benches of the classifier's encoder (all-MiniLM-L6-v2, CPU, f32 and int8).
 //!
 //! - `encoder_single/{16,64,128,256}`: one prompt of exactly N tokens ([CLS] and [SEP] included)
 //!   through [`Encoder::features`], what the inference pool runs per batch (forward pass, mean
 //!   pooling and the focus pooling).
 //! - `encoder_batch/{1,8,32}`: that many distinct 64-token prompts in one forward pass.
+//! - `encoder_int8_single/*`, `encoder_int8_batch/*`: the same with `precision = "int8"`
+//!   (`src/classifier/qgemm.rs`).
+//! - `encoder_1t_single/128`, `encoder_int8_1t_single/128`, `encoder_1t_batch/32`,
+//!   `encoder_int8_1t_batch/32`: on a one-thread rayon pool (the others use the global pool:
+//!   `RAYON_NUM_THREADS`, default one per core).
 //! - `candle_single/*`, `candle_batch/*`: the same through candle-transformers' `BertModel` (the
 //!   encoder before its fused forward pass, `src/classifier/fused.rs`), after a parity check of the
 //!   production encoder against it.
@@ -17,6 +22,7 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ladder::classifier::Precision;
 use ladder::classifier::encoder::{Encoder, FOCUS_TOKENS, Tokenized};
 use ladder::classifier::fused::FusedBert;
 use std::hint::black_box;
@@ -79,30 +85,55 @@ fn encoder_benches(c: &mut Criterion) {
         return;
     }
     let enc = Encoder::load(&dir, 256).expect("load encoder");
+    let int8 = Encoder::load_with(&dir, 256, Precision::Int8).expect("load int8 encoder");
+    eprintln!("int8 encoder: {}", int8.describe());
     let (samples, measure) = if quick() { (10, 2) } else { (20, 6) };
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
 
-    let mut g = c.benchmark_group("encoder_single");
-    g.sample_size(samples).measurement_time(Duration::from_secs(measure));
-    for n in [16usize, 64, 128, 256] {
-        let p = prompt_of(&enc, n, 0);
-        g.throughput(Throughput::Elements(minilm_flops(n as u64)));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &p, |b, p| {
-            b.iter(|| black_box(enc.features(&[p]).expect("features")))
+    for (group, enc) in [("encoder", &enc), ("encoder_int8", &int8)] {
+        let mut g = c.benchmark_group(format!("{group}_single"));
+        g.sample_size(samples).measurement_time(Duration::from_secs(measure));
+        for n in [16usize, 64, 128, 256] {
+            let p = prompt_of(enc, n, 0);
+            g.throughput(Throughput::Elements(minilm_flops(n as u64)));
+            g.bench_with_input(BenchmarkId::from_parameter(n), &p, |b, p| {
+                b.iter(|| black_box(enc.features(&[p]).expect("features")))
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("{group}_batch"));
+        g.sample_size(10).measurement_time(Duration::from_secs(measure));
+        for batch in [1usize, 8, 32] {
+            let prompts: Vec<Tokenized> = (0..batch).map(|i| prompt_of(enc, 64, i * 7)).collect();
+            let refs: Vec<&Tokenized> = prompts.iter().collect();
+            g.throughput(Throughput::Elements(batch as u64 * minilm_flops(64)));
+            g.bench_with_input(BenchmarkId::from_parameter(batch), &refs, |b, refs| {
+                b.iter(|| black_box(enc.features(refs).expect("features")))
+            });
+        }
+        g.finish();
+
+        // One thread: a single prompt's latency and a batch's throughput without intra-op threads
+        // (what each inference worker gets when `workers` equals the cores).
+        let mut g = c.benchmark_group(format!("{group}_1t_single"));
+        g.sample_size(samples).measurement_time(Duration::from_secs(measure));
+        let p = prompt_of(enc, 128, 0);
+        g.throughput(Throughput::Elements(minilm_flops(128)));
+        g.bench_with_input(BenchmarkId::from_parameter(128), &p, |b, p| {
+            b.iter(|| one_thread.install(|| black_box(enc.features(&[p]).expect("features"))))
         });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("encoder_batch");
-    g.sample_size(10).measurement_time(Duration::from_secs(measure));
-    for batch in [1usize, 8, 32] {
-        let prompts: Vec<Tokenized> = (0..batch).map(|i| prompt_of(&enc, 64, i * 7)).collect();
+        g.finish();
+        let mut g = c.benchmark_group(format!("{group}_1t_batch"));
+        g.sample_size(10).measurement_time(Duration::from_secs(measure));
+        let prompts: Vec<Tokenized> = (0..32).map(|i| prompt_of(enc, 64, i * 7)).collect();
         let refs: Vec<&Tokenized> = prompts.iter().collect();
-        g.throughput(Throughput::Elements(batch as u64 * minilm_flops(64)));
-        g.bench_with_input(BenchmarkId::from_parameter(batch), &refs, |b, refs| {
-            b.iter(|| black_box(enc.features(refs).expect("features")))
+        g.throughput(Throughput::Elements(32 * minilm_flops(64)));
+        g.bench_with_input(BenchmarkId::from_parameter(32), &refs, |b, refs| {
+            b.iter(|| one_thread.install(|| black_box(enc.features(refs).expect("features"))))
         });
+        g.finish();
     }
-    g.finish();
 
     // Tokenization of a chat prompt (system + user) that fills 128 tokens.
     let words: Vec<&str> = PROMPT.split_whitespace().collect();

@@ -151,6 +151,10 @@ pub struct ClassifierConfig {
     pub max_tokens: usize,
     /// Cached embeddings for repeated prompts (0 disables the cache).
     pub cache_entries: usize,
+    /// Precision of the encoder's linear layers: "auto" (int8 where the CPU has AVX-512 VNNI,
+    /// else f32), "f32" (the reference) or "int8" (a portable kernel where VNNI is missing;
+    /// cosine >= 0.99 to the f32 embeddings, routing metrics unchanged, see benches/RESULTS.md).
+    pub precision: crate::classifier::Precision,
 }
 
 impl Default for ClassifierConfig {
@@ -164,6 +168,7 @@ impl Default for ClassifierConfig {
             queue_capacity: 512,
             max_tokens: 256,
             cache_entries: 4096,
+            precision: crate::classifier::Precision::default(),
         }
     }
 }

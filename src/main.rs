@@ -142,6 +142,9 @@ enum Command {
         /// Where to write the cost-quality curve (SVG).
         #[arg(long, default_value = "training/reports/cost-quality.svg")]
         plot: PathBuf,
+        /// Precision of the encoder's linear layers (auto, f32 or int8), as `[classifier] precision`.
+        #[arg(long, default_value = "auto")]
+        precision: ladder::classifier::Precision,
     },
 }
 
@@ -313,8 +316,21 @@ fn main() -> anyhow::Result<()> {
             strong,
             json,
             plot,
+            precision,
         } => {
-            return eval_command(data, training_dir, model_dir, heads_dir, heads, outcomes, weak, strong, json, plot);
+            return eval_command(
+                data,
+                training_dir,
+                model_dir,
+                heads_dir,
+                heads,
+                outcomes,
+                weak,
+                strong,
+                json,
+                plot,
+                precision,
+            );
         }
         Command::Keys { command } => return ladder::auth::cli::run(command),
         _ => {}
@@ -340,11 +356,13 @@ fn eval_command(
     strong: Option<String>,
     json: bool,
     plot: PathBuf,
+    precision: ladder::classifier::Precision,
 ) -> anyhow::Result<()> {
     use ladder::training;
     let heads = training::load_heads(&heads_dir, heads.as_deref())?;
-    let encoder = ladder::classifier::encoder::Encoder::load(&model_dir, 256)?;
-    let mut cache = training::EmbeddingCache::in_dir(&training_dir.join("cache"));
+    let encoder = ladder::classifier::encoder::Encoder::load_with(&model_dir, 256, precision)?;
+    // Embeddings are cached per precision (the f32 file is the one training writes).
+    let mut cache = training::EmbeddingCache::in_dir_for(&training_dir.join("cache"), encoder.precision());
     let report = match &outcomes {
         Some(file) => training::evaluate_file(&heads, &encoder, &mut cache, file, weak.as_deref(), strong.as_deref(), 256)?,
         None => {
@@ -361,9 +379,15 @@ fn eval_command(
     if json {
         let mut v = report.to_json();
         v["heads_version"] = serde_json::json!(heads.manifest.version);
+        v["precision"] = serde_json::json!(encoder.describe());
         println!("{}", serde_json::to_string(&v)?);
     } else {
-        println!("heads {}\n{}", heads.manifest.version, report.table());
+        println!(
+            "heads {} (encoder {})\n{}",
+            heads.manifest.version,
+            encoder.describe(),
+            report.table()
+        );
     }
     if outcomes.is_none() {
         let mut series: Vec<(&str, &training::eval::RouterMetrics)> = report.routers.iter().map(|(n, m)| (n.as_str(), m)).collect();

@@ -2,7 +2,7 @@
 //! which the README's set-up and `.ci/run` run) and the committed heads under `models/heads`.
 
 use ladder::classifier::encoder::Encoder;
-use ladder::classifier::{Classifier, Scorer};
+use ladder::classifier::{Classifier, Precision, Scorer};
 use ladder::config::{ClassifierConfig, Config};
 use ladder::router::{self, RouteRequest, ScoreSource};
 use ladder::task::Task;
@@ -27,30 +27,41 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-#[test]
-fn embeddings_match_sentence_transformers() {
+/// The sentence-transformers fixtures: (text, embedding, token count with [CLS]/[SEP]).
+fn reference_embeddings() -> Vec<(String, Vec<f32>, usize)> {
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string("tests/fixtures/reference_embeddings.json").unwrap()).unwrap();
     let items = fixture["items"].as_array().unwrap();
     assert!(items.len() >= 20);
+    items
+        .iter()
+        .map(|item| {
+            let embedding = item["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let n_tokens = item["n_tokens"].as_u64().unwrap() as usize;
+            (item["text"].as_str().unwrap().to_string(), embedding, n_tokens)
+        })
+        .collect()
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let items = reference_embeddings();
     let enc = encoder();
     let mut long = 0;
     let mut worst = 1.0f64;
-    for item in items {
-        let text = item["text"].as_str().unwrap();
-        let reference: Vec<f32> = item["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let n_tokens = item["n_tokens"].as_u64().unwrap() as usize;
+    for (text, reference, n_tokens) in &items {
+        let (text, n_tokens) = (text.as_str(), *n_tokens);
         let tok = enc.tokenize_text(text).unwrap();
         assert_eq!(enc.count_tokens(text).unwrap() + 2, n_tokens, "token count differs for {text:?}");
         assert_eq!(tok.truncated, n_tokens > 256, "{text:?}");
         long += (n_tokens > 256) as usize;
         let ours = enc.embed(&[tok.ids.as_slice()]).unwrap().remove(0);
-        let c = cosine(&ours, &reference);
+        let c = cosine(&ours, reference);
         worst = worst.min(c);
         assert!(c >= 0.999, "cosine {c} for {text:?}");
         let norm: f32 = ours.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -58,6 +69,46 @@ fn embeddings_match_sentence_transformers() {
     }
     assert!(long >= 1, "the fixture must exercise truncation");
     eprintln!("worst cosine over {} sentences: {worst:.6}", items.len());
+}
+
+/// The int8 encoder against the f32 one and against sentence-transformers, on the parity fixtures
+/// (20+ sentences, one over the 256-token window) and on routing features (sentence + focus) of a
+/// padded batch: cosine >= 0.99 everywhere.
+#[test]
+fn int8_embeddings_stay_close_to_f32_and_sentence_transformers() {
+    let items = reference_embeddings();
+    let f32_enc = encoder();
+    let int8 = Encoder::load_with(Path::new(MODEL_DIR), 256, Precision::Int8).unwrap();
+    assert_eq!(int8.precision(), Precision::Int8);
+    let (mut worst_f32, mut worst_st, mut sum) = (1.0f64, 1.0f64, 0.0f64);
+    let mut toks = Vec::new();
+    for (text, reference, _) in &items {
+        let tok = int8.tokenize_text(text).unwrap();
+        let q = int8.embed(&[tok.ids.as_slice()]).unwrap().remove(0);
+        let f = f32_enc.embed(&[tok.ids.as_slice()]).unwrap().remove(0);
+        let (c_f32, c_st) = (cosine(&q, &f), cosine(&q, reference));
+        assert!(c_f32 >= 0.99, "int8 vs f32: cosine {c_f32} for {text:?}");
+        assert!(c_st >= 0.99, "int8 vs sentence-transformers: cosine {c_st} for {text:?}");
+        worst_f32 = worst_f32.min(c_f32);
+        worst_st = worst_st.min(c_st);
+        sum += c_f32;
+        toks.push(tok);
+    }
+    eprintln!(
+        "int8 over {} sentences: worst cosine to f32 {worst_f32:.5} (mean {:.5}), to sentence-transformers {worst_st:.5}",
+        items.len(),
+        sum / items.len() as f64
+    );
+    // Routing features of one padded batch: both halves (sentence, focus) close to f32.
+    let refs: Vec<_> = toks.iter().collect();
+    let (fq, ff) = (int8.features(&refs).unwrap(), f32_enc.features(&refs).unwrap());
+    let half = ladder::classifier::encoder::EMBEDDING_DIM;
+    for (q, f) in fq.iter().zip(&ff) {
+        for (a, b) in [(&q[..half], &f[..half]), (&q[half..], &f[half..])] {
+            let c = cosine(a, b);
+            assert!(c >= 0.99, "int8 vs f32 features: cosine {c}");
+        }
+    }
 }
 
 #[test]

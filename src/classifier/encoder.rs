@@ -14,6 +14,7 @@
 //! [`Encoder::features`] returns the routing features the heads read: the sentence embedding and
 //! a "focus" embedding of the first tokens of the user turn, from one forward pass.
 
+use super::fused::Precision;
 use anyhow::{Context, anyhow};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -58,8 +59,19 @@ pub struct Tokenized {
 }
 
 impl Encoder {
-    /// Load config.json, model.safetensors and tokenizer.json from `dir`.
+    /// Load config.json, model.safetensors and tokenizer.json from `dir`, with the f32 forward pass
+    /// (the reference precision).
     pub fn load(dir: &Path, max_tokens: usize) -> anyhow::Result<Encoder> {
+        Self::load_with(dir, max_tokens, Precision::F32)
+    }
+
+    /// [`Encoder::load`] with the linear layers in `precision` (`[classifier] precision`).
+    pub fn load_with(dir: &Path, max_tokens: usize, precision: Precision) -> anyhow::Result<Encoder> {
+        let candle = std::env::var("LADDER_ENCODER").as_deref() == Ok("candle");
+        let precision = match precision {
+            Precision::Auto if candle => Precision::F32, // the reference, as asked
+            p => p.resolve(),
+        };
         let hint = "run scripts/fetch-model.sh to install the encoder weights";
         let config: BertConfig = serde_json::from_str(
             &std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json ({hint})", dir.display()))?,
@@ -77,11 +89,18 @@ impl Encoder {
         if !weights.exists() {
             anyhow::bail!("{} is missing ({hint})", weights.display());
         }
-        let fused = match std::env::var("LADDER_ENCODER").as_deref() {
-            Ok("candle") => None,
-            _ => super::fused::FusedBert::load(dir)
-                .map_err(|e| tracing::warn!(error = %e, "fused encoder unavailable; using candle-transformers' BertModel"))
-                .ok(),
+        let fused = match candle {
+            true if precision == Precision::F32 => None,
+            true => anyhow::bail!("precision {precision} needs the fused encoder (unset LADDER_ENCODER=candle)"),
+            false => match super::fused::FusedBert::load_with(dir, precision) {
+                Ok(m) => Some(m),
+                Err(e) if precision == Precision::F32 => {
+                    tracing::warn!(error = %e, "fused encoder unavailable; using candle-transformers' BertModel");
+                    None
+                }
+                // candle's BertModel is f32 only: a reduced precision needs the fused pass.
+                Err(e) => return Err(e.context(format!("loading the {precision} encoder"))),
+            },
         };
         let model = match fused {
             Some(m) => Model::Fused(m),
@@ -228,6 +247,23 @@ impl Encoder {
         let toks: Vec<Tokenized> = texts.iter().map(|t| self.tokenize_text(t)).collect::<anyhow::Result<_>>()?;
         let refs: Vec<&[u32]> = toks.iter().map(|t| t.ids.as_slice()).collect();
         self.embed(&refs)
+    }
+
+    /// What runs the forward pass: `"f32"`, `"int8 (avx512-vnni)"` (the int8 kernel in use),
+    /// or `"f32 (candle BertModel)"`.
+    pub fn describe(&self) -> String {
+        match &self.model {
+            Model::Fused(m) if m.precision() == Precision::Int8 => format!("int8 ({})", super::qgemm::kernel_name()),
+            Model::Fused(m) => m.precision().to_string(),
+            Model::Candle(_) => "f32 (candle BertModel)".into(),
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        match &self.model {
+            Model::Fused(m) => m.precision(),
+            Model::Candle(_) => Precision::F32,
+        }
     }
 
     /// Number of tokens of a text without special tokens or truncation.

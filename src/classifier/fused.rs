@@ -1,22 +1,25 @@
-//! A fused CPU forward pass for BERT encoders like all-MiniLM-L6-v2 (f32), written to remove what
+//! A fused CPU forward pass for BERT encoders like all-MiniLM-L6-v2, written to remove what
 //! the profile of candle-transformers' `BertModel` shows besides the matrix products: scalar
 //! `erff`/`expf` in GELU and softmax, one full pass over memory per elementwise op (bias, scale,
 //! mask, residual, layer norm are separate tensor ops there), the three Q/K/V products, and fresh
 //! allocations per op.
 //!
-//! Here the matrix products still go through Candle (`Tensor::matmul`, i.e. the `gemm` crate), with
-//! Q, K and V fused into one (the 1/sqrt(d) scale folded into the query weights); everything
-//! between two products is a single pass over the data: bias + head split, masked softmax, head
-//! merge, bias + residual + layer norm, bias + GELU. GELU's erf and softmax's exp are branch-free
-//! polynomial approximations (max error ~1e-7, checked against libm in the tests) that the
-//! compiler vectorizes, with an AVX2+FMA build of the loops chosen at run time.
+//! Here the linear layers go through Candle (`Tensor::matmul`, i.e. the `gemm` crate) in f32, or
+//! through [`super::qgemm`] in int8 ([`Precision`]), with Q, K and V fused into one product (the
+//! 1/sqrt(d) scale folded into the query weights). The batch is packed: only real tokens go
+//! through the linear layers, and attention runs per sequence over its own tokens (no padding, no
+//! mask) in its own kernel (bias + head split gathered in one pass, register-blocked q·kᵀ,
+//! softmax, p·v). Everything between two products is a single pass over the data: bias +
+//! residual + layer norm, bias + GELU. GELU's erf and softmax's exp are branch-free polynomial
+//! approximations (max error ~1e-7, checked against libm in the tests) that the compiler
+//! vectorizes, with an AVX2+FMA build of the loops chosen at run time.
 //!
 //! Output: the last hidden state `(n, len, hidden)`, as `BertModel::forward` returns it; the
 //! sentence embeddings agree with that path to a cosine of 0.9999998 (`benches/classifier.rs`
 //! checks it on every run, `tests/classifier.rs` checks the result against sentence-transformers).
-//! On this project's 2-core dev machine it takes a 128-token prompt from 75 to 43 ms on one thread
-//! (see `benches/RESULTS.md`).
+//! Timings (f32 and int8): `benches/RESULTS.md`.
 
+use super::qgemm::QLinear;
 use anyhow::{Context, anyhow, bail};
 use candle_core::{Device, Storage, Tensor};
 use std::path::Path;
@@ -34,21 +37,104 @@ pub struct FusedBert {
     type0: Vec<f32>,
     emb_ln: (Vec<f32>, Vec<f32>),
     layers: Vec<Layer>,
+    precision: Precision,
     device: Device,
 }
 
 struct Layer {
     /// `(hidden, 3 * hidden)`: [Wq / sqrt(d) | Wk | Wv], transposed.
-    wqkv: Tensor,
+    wqkv: Linear,
     bqkv: Vec<f32>,
-    wo: Tensor,
+    wo: Linear,
     bo: Vec<f32>,
     ln1: (Vec<f32>, Vec<f32>),
-    w1: Tensor,
+    w1: Linear,
     b1: Vec<f32>,
-    w2: Tensor,
+    w2: Linear,
     b2: Vec<f32>,
     ln2: (Vec<f32>, Vec<f32>),
+}
+
+/// Numeric precision of the linear layers (Q/K/V, attention output, both FFN matrices); layer
+/// norm, softmax, GELU, residuals and the attention products stay f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// int8 where the CPU has AVX-512 VNNI (where it pays), else f32.
+    #[default]
+    Auto,
+    /// f32 weights and activations (Candle's matmul): the reference.
+    F32,
+    /// int8 weights (per output channel) and activations (per token, dynamic), i32 accumulation:
+    /// [`super::qgemm`]. Without VNNI a portable kernel runs it (same results, slower than f32).
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// `Auto` decided for this CPU; `F32` and `Int8` as they are.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if super::qgemm::vnni_available() => Precision::Int8,
+            Precision::Auto => Precision::F32,
+            p => p,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Precision> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            other => bail!("unknown precision '{other}' (auto, f32 or int8)"),
+        }
+    }
+}
+
+/// A linear layer's weight, `(in, out)`.
+enum Linear {
+    F32(Tensor),
+    Int8(QLinear),
+}
+
+impl Linear {
+    fn new(w: Vec<f32>, inp: usize, out: usize, precision: Precision, device: &Device) -> anyhow::Result<Linear> {
+        Ok(match precision {
+            Precision::Int8 => Linear::Int8(QLinear::new(&w, inp, out)),
+            _ => Linear::F32(Tensor::from_vec(w, (inp, out), device)?),
+        })
+    }
+
+    /// `out = x · W` for `m` rows of `x`.
+    fn forward_into(&self, x: &[f32], m: usize, out: &mut [f32], device: &Device) -> anyhow::Result<()> {
+        match self {
+            Linear::F32(w) => {
+                let inp = w.dims2()?.0;
+                let y = Tensor::from_slice(x, (m, inp), device)?.matmul(w)?;
+                with_f32(&y, |s| out.copy_from_slice(s))
+            }
+            Linear::Int8(q) => {
+                q.forward_into(x, m, out);
+                Ok(())
+            }
+        }
+    }
 }
 
 struct Weights<'a>(safetensors::SafeTensors<'a>);
@@ -101,8 +187,14 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> anyhow::Result<R> {
 }
 
 impl FusedBert {
-    /// Load `config.json` and `model.safetensors` from a sentence-transformers BERT directory.
+    /// Load `config.json` and `model.safetensors` from a sentence-transformers BERT directory (f32).
     pub fn load(dir: &Path) -> anyhow::Result<FusedBert> {
+        Self::load_with(dir, Precision::F32)
+    }
+
+    /// [`FusedBert::load`], with the linear layers in `precision` (int8 quantizes them here, once).
+    pub fn load_with(dir: &Path, precision: Precision) -> anyhow::Result<FusedBert> {
+        let precision = precision.resolve();
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
         let num = |k: &str| {
             cfg[k]
@@ -158,26 +250,19 @@ impl FusedBert {
             let mut bqkv: Vec<f32> = w.vec(&p("attention.self.query.bias"), hidden)?.iter().map(|b| b * scale).collect();
             bqkv.extend(w.vec(&p("attention.self.key.bias"), hidden)?);
             bqkv.extend(w.vec(&p("attention.self.value.bias"), hidden)?);
+            let lin = |w: Vec<f32>, inp: usize, out: usize| Linear::new(w, inp, out, precision, &device);
             layers.push(Layer {
-                wqkv: Tensor::from_vec(wqkv, (hidden, 3 * hidden), &device)?,
+                wqkv: lin(wqkv, hidden, 3 * hidden)?,
                 bqkv,
-                wo: Tensor::from_vec(
-                    w.linear_t(&p("attention.output.dense.weight"), hidden, hidden)?,
-                    (hidden, hidden),
-                    &device,
-                )?,
+                wo: lin(w.linear_t(&p("attention.output.dense.weight"), hidden, hidden)?, hidden, hidden)?,
                 bo: w.vec(&p("attention.output.dense.bias"), hidden)?,
                 ln1: (
                     w.vec(&p("attention.output.LayerNorm.weight"), hidden)?,
                     w.vec(&p("attention.output.LayerNorm.bias"), hidden)?,
                 ),
-                w1: Tensor::from_vec(
-                    w.linear_t(&p("intermediate.dense.weight"), inter, hidden)?,
-                    (hidden, inter),
-                    &device,
-                )?,
+                w1: lin(w.linear_t(&p("intermediate.dense.weight"), inter, hidden)?, hidden, inter)?,
                 b1: w.vec(&p("intermediate.dense.bias"), inter)?,
-                w2: Tensor::from_vec(w.linear_t(&p("output.dense.weight"), hidden, inter)?, (inter, hidden), &device)?,
+                w2: lin(w.linear_t(&p("output.dense.weight"), hidden, inter)?, inter, hidden)?,
                 b2: w.vec(&p("output.dense.bias"), hidden)?,
                 ln2: (
                     w.vec(&p("output.LayerNorm.weight"), hidden)?,
@@ -198,14 +283,23 @@ impl FusedBert {
             type0,
             emb_ln,
             layers,
+            precision,
             device,
         })
     }
 
-    /// Last hidden states `(n, len, hidden)` of a batch of token id sequences, padded (with id 0)
-    /// to the longest; padding is masked out of attention.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Last hidden states `(n, len, hidden)` of a batch of token id sequences, padded to the
+    /// longest; the padding positions hold zeros.
+    ///
+    /// The sequences are packed (no padding rows): the linear layers, layer norms and GELU see
+    /// only real tokens, and attention runs per sequence over its own tokens, so a short prompt
+    /// batched with a long one costs what it costs alone and nothing needs masking.
     pub fn forward(&self, batch: &[&[u32]]) -> anyhow::Result<Tensor> {
-        let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
+        let h = self.hidden;
         let n = batch.len();
         let l = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         if n == 0 || l == 0 {
@@ -214,19 +308,23 @@ impl FusedBert {
         if l > self.max_pos {
             bail!("sequence of {l} tokens is longer than the model's {} positions", self.max_pos);
         }
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
-        let m = n * l;
+        let mut starts = Vec::with_capacity(n + 1);
+        starts.push(0);
+        for s in batch {
+            starts.push(starts.last().copied().unwrap_or(0) + s.len());
+        }
+        let m = starts[n];
         let k = kernels();
 
         // Embeddings + layer norm.
         let mut x = vec![0f32; m * h];
         for (b, seq) in batch.iter().enumerate() {
-            for p in 0..l {
-                let id = seq.get(p).copied().unwrap_or(0) as usize;
+            for (p, &id) in seq.iter().enumerate() {
+                let id = id as usize;
                 if id >= self.vocab {
                     bail!("token id {id} is outside the vocabulary");
                 }
-                let row = &mut x[(b * l + p) * h..(b * l + p + 1) * h];
+                let row = &mut x[(starts[b] + p) * h..(starts[b] + p + 1) * h];
                 let (wr, pr) = (&self.word[id * h..(id + 1) * h], &self.pos[p * h..(p + 1) * h]);
                 for c in 0..h {
                     row[c] = wr[c] + pr[c] + self.type0[c];
@@ -235,98 +333,100 @@ impl FusedBert {
         }
         (k.add_ln)(&mut x, None, None, &self.emb_ln.0, &self.emb_ln.1, self.eps, h);
 
+        // Buffers reused by every layer.
+        let mut qkv = vec![0f32; m * 3 * h];
+        let mut ctx = vec![0f32; m * h];
+        let mut x1 = vec![0f32; m * h];
+        let mut act = vec![0f32; m * self.inter];
+        let dev = &self.device;
         for layer in &self.layers {
-            let xt = Tensor::from_vec(x, (m, h), &self.device)?;
-            let qkv = xt.matmul(&layer.wqkv)?; // (m, 3h)
-            // Bias, then split heads: q, k, v as (n * heads, l, d).
-            let (q, kk, v) = with_f32(&qkv, |s| {
-                let mut q = vec![0f32; m * h];
-                let mut kk = vec![0f32; m * h];
-                let mut v = vec![0f32; m * h];
-                for b in 0..n {
-                    for p in 0..l {
-                        let row = &s[(b * l + p) * 3 * h..(b * l + p + 1) * 3 * h];
-                        for hd in 0..nh {
-                            let dst = ((b * nh + hd) * l + p) * d;
-                            for (which, out) in [&mut q, &mut kk, &mut v].into_iter().enumerate() {
-                                let src = which * h + hd * d;
-                                for e in 0..d {
-                                    out[dst + e] = row[src + e] + layer.bqkv[src + e];
-                                }
-                            }
-                        }
-                    }
-                }
-                (q, kk, v)
-            })?;
-            let qt = Tensor::from_vec(q, (n * nh, l, d), &self.device)?;
-            let kt = Tensor::from_vec(kk, (n * nh, l, d), &self.device)?;
-            let vt = Tensor::from_vec(v, (n * nh, l, d), &self.device)?;
-            let scores = qt.matmul(&kt.t()?)?; // (n * heads, l, l), already scaled
-            let probs = with_f32(&scores, |s| {
-                let mut out = s.to_vec();
-                for (r, row) in out.chunks_exact_mut(l).enumerate() {
-                    let b = r / (nh * l);
-                    (k.softmax)(row, lens[b]);
-                }
-                out
-            })?;
-            let pt = Tensor::from_vec(probs, (n * nh, l, l), &self.device)?;
-            let ctx = pt.matmul(&vt)?; // (n * heads, l, d)
-            let merged = with_f32(&ctx, |s| {
-                let mut out = vec![0f32; m * h];
-                for b in 0..n {
-                    for hd in 0..nh {
-                        for p in 0..l {
-                            let src = ((b * nh + hd) * l + p) * d;
-                            let dst = (b * l + p) * h + hd * d;
-                            out[dst..dst + d].copy_from_slice(&s[src..src + d]);
-                        }
-                    }
-                }
-                out
-            })?;
-            let attn = Tensor::from_vec(merged, (m, h), &self.device)?.matmul(&layer.wo)?;
+            layer.wqkv.forward_into(&x, m, &mut qkv, dev)?;
+            self.attention(&qkv, &layer.bqkv, &starts, &mut ctx);
             // x1 = LN(attn + bo + x)
-            let x1 = with_f32(&attn, |a| {
-                with_f32(&xt, |r| {
-                    let mut out = a.to_vec();
-                    (k.add_ln)(&mut out, Some(&layer.bo), Some(r), &layer.ln1.0, &layer.ln1.1, self.eps, h);
-                    out
-                })
-            })??;
-            drop(xt);
-            let x1t = Tensor::from_vec(x1, (m, h), &self.device)?;
-            let mid = x1t.matmul(&layer.w1)?; // (m, inter)
-            let act = with_f32(&mid, |s| {
-                let mut out = s.to_vec();
-                (k.bias_gelu)(&mut out, &layer.b1, self.inter);
-                out
-            })?;
-            drop(mid);
-            let o = Tensor::from_vec(act, (m, self.inter), &self.device)?.matmul(&layer.w2)?;
-            x = with_f32(&o, |a| {
-                with_f32(&x1t, |r| {
-                    let mut out = a.to_vec();
-                    (k.add_ln)(&mut out, Some(&layer.b2), Some(r), &layer.ln2.0, &layer.ln2.1, self.eps, h);
-                    out
-                })
-            })??;
+            layer.wo.forward_into(&ctx, m, &mut x1, dev)?;
+            (k.add_ln)(&mut x1, Some(&layer.bo), Some(&x), &layer.ln1.0, &layer.ln1.1, self.eps, h);
+            layer.w1.forward_into(&x1, m, &mut act, dev)?;
+            (k.bias_gelu)(&mut act, &layer.b1, self.inter);
+            // x = LN(ffn + b2 + x1)
+            layer.w2.forward_into(&act, m, &mut x, dev)?;
+            (k.add_ln)(&mut x, Some(&layer.b2), Some(&x1), &layer.ln2.0, &layer.ln2.1, self.eps, h);
         }
-        Ok(Tensor::from_vec(x, (n, l, h), &self.device)?)
+        let mut out = vec![0f32; n * l * h];
+        for b in 0..n {
+            out[b * l * h..(b * l + batch[b].len()) * h].copy_from_slice(&x[starts[b] * h..starts[b + 1] * h]);
+        }
+        Ok(Tensor::from_vec(out, (n, l, h), &self.device)?)
+    }
+
+    /// Multi-head self-attention of every sequence (rows `starts[b]..starts[b + 1]` of `qkv`,
+    /// `(m, 3h)` before the bias `bqkv`) into `ctx` `(m, h)`, heads merged. One task per sequence
+    /// (all heads: its rows are read once, in order), or per (sequence, half of the heads) when
+    /// there are fewer sequences than threads; tasks spread over the rayon pool when there is
+    /// enough work.
+    fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32]) {
+        let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
+        let k = kernels();
+        let n = starts.len() - 1;
+        let flops: usize = starts.windows(2).map(|w| (w[1] - w[0]).pow(2)).sum::<usize>() * 4 * h;
+        let threads = if flops >= ATTENTION_PARALLEL_FLOPS {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let splits = if n >= threads { 1 } else { threads.div_ceil(n).min(nh) };
+        let per = nh.div_ceil(splits);
+        let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..n)
+            .flat_map(|b| (0..splits).map(move |t| (b, t * per..((t + 1) * per).min(nh))))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        let run = |scratch: &mut Vec<f32>, (b, heads): &(usize, std::ops::Range<usize>)| {
+            let (s, len) = (starts[*b], starts[b + 1] - starts[*b]);
+            let mut out = vec![0f32; len * heads.len() * d];
+            (k.attention)(
+                &qkv[s * 3 * h..(s + len) * 3 * h],
+                len,
+                h,
+                d,
+                heads.clone(),
+                bqkv,
+                &mut out,
+                scratch,
+            );
+            out
+        };
+        let results: Vec<Vec<f32>> = if threads > 1 {
+            use rayon::prelude::*;
+            tasks.par_iter().map_init(Vec::new, run).collect()
+        } else {
+            let mut scratch = Vec::new();
+            tasks.iter().map(|t| run(&mut scratch, t)).collect()
+        };
+        for ((b, heads), part) in tasks.iter().zip(results) {
+            let w = heads.len() * d;
+            for (i, row) in part.chunks_exact(w).enumerate() {
+                let dst = (starts[*b] + i) * h + heads.start * d;
+                ctx[dst..dst + w].copy_from_slice(row);
+            }
+        }
     }
 }
+
+/// Attention work (FLOPs) above which the heads are spread over threads.
+const ATTENTION_PARALLEL_FLOPS: usize = 1 << 22;
 
 // ------------------------------------------------------------------------------------------------
 // Elementwise kernels. Written as plain loops over f32 so that LLVM vectorizes them; compiled
 // twice (baseline x86-64 and AVX2+FMA) and picked once at run time.
 
 type AddLn = fn(&mut [f32], Option<&[f32]>, Option<&[f32]>, &[f32], &[f32], f32, usize);
+/// (qkv rows of one sequence, len, hidden, head_dim, heads, bqkv, out (len × heads · head_dim),
+/// scratch)
+type Attention = fn(&[f32], usize, usize, usize, std::ops::Range<usize>, &[f32], &mut [f32], &mut Vec<f32>);
 
 struct Kernels {
-    softmax: fn(&mut [f32], usize),
     bias_gelu: fn(&mut [f32], &[f32], usize),
     add_ln: AddLn,
+    attention: Attention,
 }
 
 fn kernels() -> &'static Kernels {
@@ -335,15 +435,15 @@ fn kernels() -> &'static Kernels {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             return Kernels {
-                softmax: |row, valid| unsafe { avx2::softmax(row, valid) },
                 bias_gelu: |x, b, w| unsafe { avx2::bias_gelu(x, b, w) },
                 add_ln: |x, b, r, g, be, e, w| unsafe { avx2::add_ln(x, b, r, g, be, e, w) },
+                attention: |q, l, h, d, hd, b, o, s| unsafe { avx2::attention(q, l, h, d, hd, b, o, s) },
             };
         }
         Kernels {
-            softmax: generic::softmax,
             bias_gelu: generic::bias_gelu,
             add_ln: generic::add_ln,
+            attention: generic::attention,
         }
     })
 }
@@ -427,6 +527,89 @@ macro_rules! kernels_impl {
             }
         }
 
+        /// Self-attention of heads `hd0..hd1` over one sequence: `qkv` holds its `len` rows of
+        /// `[q | k | v]` (3 · `h` wide, before the bias `bqkv`; q already scaled by 1/sqrt(d));
+        /// `out` gets `softmax(q kᵀ) v` of those heads, `len` rows of `(hd1 - hd0) · d`.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        pub fn attention_impl(
+            qkv: &[f32],
+            len: usize,
+            h: usize,
+            d: usize,
+            heads: std::ops::Range<usize>,
+            bqkv: &[f32],
+            out: &mut [f32],
+            scratch: &mut Vec<f32>,
+        ) {
+            const RB: usize = 4; // query rows per block
+            const CB: usize = 16; // key columns per block
+            let lp = len.div_ceil(CB) * CB;
+            let nh = heads.len();
+            let per_head = 2 * len * d + d * lp;
+            scratch.clear();
+            scratch.resize(nh * per_head + RB * lp, 0.0);
+            let (all, s) = scratch.split_at_mut(nh * per_head);
+            // Gather, row by row (sequential reads): per head q (len × d), v (len × d) and
+            // kᵀ (d × lp, zero-padded columns), bias added.
+            for i in 0..len {
+                let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
+                for (t, hd) in heads.clone().enumerate() {
+                    let buf = &mut all[t * per_head..(t + 1) * per_head];
+                    let (q, rest) = buf.split_at_mut(len * d);
+                    let (v, kt) = rest.split_at_mut(len * d);
+                    let (qo, ko, vo) = (hd * d, h + hd * d, 2 * h + hd * d);
+                    for (dst, off) in [(&mut q[i * d..(i + 1) * d], qo), (&mut v[i * d..(i + 1) * d], vo)] {
+                        for ((o, x), b) in dst.iter_mut().zip(&row[off..off + d]).zip(&bqkv[off..off + d]) {
+                            *o = *x + *b;
+                        }
+                    }
+                    for (e, (x, b)) in row[ko..ko + d].iter().zip(&bqkv[ko..ko + d]).enumerate() {
+                        kt[e * lp + i] = *x + *b;
+                    }
+                }
+            }
+            let w = nh * d;
+            for t in 0..nh {
+                let buf = &all[t * per_head..(t + 1) * per_head];
+                let (q, rest) = buf.split_at(len * d);
+                let (v, kt) = rest.split_at(len * d);
+                for i0 in (0..len).step_by(RB) {
+                    let rows = RB.min(len - i0);
+                    // Scores of rows i0.. against all keys, a RB × CB register block at a time.
+                    for j0 in (0..lp).step_by(CB) {
+                        let mut acc = [[0f32; CB]; RB];
+                        for e in 0..d {
+                            let kv = &kt[e * lp + j0..e * lp + j0 + CB];
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let qv = q[(i0 + r.min(rows - 1)) * d + e];
+                                for c in 0..CB {
+                                    acc[c] = madd(qv, kv[c], acc[c]);
+                                }
+                            }
+                        }
+                        for (r, acc) in acc.iter().enumerate() {
+                            s[r * lp + j0..r * lp + j0 + CB].copy_from_slice(acc);
+                        }
+                    }
+                    for r in 0..rows {
+                        softmax_impl(&mut s[r * lp..r * lp + len], len);
+                    }
+                    // Output rows = p · v.
+                    for r in 0..rows {
+                        let o = &mut out[(i0 + r) * w + t * d..(i0 + r) * w + (t + 1) * d];
+                        o.fill(0.0);
+                        for (j, v) in v.chunks_exact(d).enumerate() {
+                            let p = s[r * lp + j];
+                            for (o, v) in o.iter_mut().zip(v) {
+                                *o = madd(p, *v, *o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
         /// `x = layer_norm(x + bias + residual) * gamma + beta`, row by row.
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
@@ -481,8 +664,10 @@ macro_rules! kernels_impl {
 
 mod generic {
     kernels_impl!();
-    pub fn softmax(row: &mut [f32], valid: usize) {
-        softmax_impl(row, valid)
+    /// a · b + c (no FMA in the baseline: `mul_add` would call libm).
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
     }
     pub fn bias_gelu(x: &mut [f32], bias: &[f32], width: usize) {
         bias_gelu_impl(x, bias, width)
@@ -490,15 +675,29 @@ mod generic {
     #[allow(clippy::too_many_arguments)]
     pub fn add_ln(x: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, width: usize) {
         add_ln_impl(x, bias, residual, gamma, beta, eps, width)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        qkv: &[f32],
+        len: usize,
+        h: usize,
+        d: usize,
+        hd: std::ops::Range<usize>,
+        b: &[f32],
+        out: &mut [f32],
+        s: &mut Vec<f32>,
+    ) {
+        attention_impl(qkv, len, h, d, hd, b, out, s)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     kernels_impl!();
-    #[target_feature(enable = "avx2,fma")]
-    pub fn softmax(row: &mut [f32], valid: usize) {
-        softmax_impl(row, valid)
+    /// a · b + c, one FMA instruction (inlined into the `fma` functions below).
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
     }
     #[target_feature(enable = "avx2,fma")]
     pub fn bias_gelu(x: &mut [f32], bias: &[f32], width: usize) {
@@ -508,6 +707,20 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     pub fn add_ln(x: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, width: usize) {
         add_ln_impl(x, bias, residual, gamma, beta, eps, width)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        qkv: &[f32],
+        len: usize,
+        h: usize,
+        d: usize,
+        hd: std::ops::Range<usize>,
+        b: &[f32],
+        out: &mut [f32],
+        s: &mut Vec<f32>,
+    ) {
+        attention_impl(qkv, len, h, d, hd, b, out, s)
     }
 }
 
@@ -567,10 +780,82 @@ mod tests {
         assert!(exp_err < 1e-6, "exp relative error {exp_err:e}");
     }
 
+    /// Attention of one head in f64, straight from the definition.
+    fn naive_attention(qkv: &[f32], len: usize, h: usize, d: usize, hd: usize, b: &[f32]) -> Vec<f64> {
+        let at = |i: usize, o: usize| (qkv[i * 3 * h + o] + b[o]) as f64;
+        let mut out = vec![0f64; len * d];
+        for i in 0..len {
+            let s: Vec<f64> = (0..len)
+                .map(|j| (0..d).map(|e| at(i, hd * d + e) * at(j, h + hd * d + e)).sum())
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = s.iter().map(|v| (v - max).exp()).sum();
+            for (j, sj) in s.iter().enumerate() {
+                let p = (sj - max).exp() / sum;
+                for e in 0..d {
+                    out[i * d + e] += p * at(j, 2 * h + hd * d + e);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_definition() {
+        for d in [32, 16] {
+            attention_case(3 * d, d);
+        }
+    }
+
+    fn attention_case(h: usize, d: usize) {
+        let mut seed = 12345u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        };
+        for len in [1usize, 3, 5, 16, 17, 70] {
+            let qkv: Vec<f32> = (0..len * 3 * h).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..3 * h).map(|_| rnd() * 0.1).collect();
+            for heads in [0..3, 1..3, 2..3] {
+                let w = heads.len() * d;
+                let mut got = vec![f32::NAN; len * w];
+                let mut scratch = Vec::new();
+                (kernels().attention)(&qkv, len, h, d, heads.clone(), &bias, &mut got, &mut scratch);
+                let mut generic_out = vec![f32::NAN; len * w];
+                generic::attention(&qkv, len, h, d, heads.clone(), &bias, &mut generic_out, &mut scratch);
+                for (t, hd) in heads.clone().enumerate() {
+                    let want = naive_attention(&qkv, len, h, d, hd, &bias);
+                    for i in 0..len {
+                        for e in 0..d {
+                            let (g, gg, w_) = (got[i * w + t * d + e], generic_out[i * w + t * d + e], want[i * d + e]);
+                            assert!((g as f64 - w_).abs() < 1e-4, "len {len} head {hd} [{i}][{e}]: {g} vs {w_}");
+                            assert!((gg as f64 - w_).abs() < 1e-4, "generic, len {len} head {hd} [{i}][{e}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn precision_parses_and_resolves() {
+        for (text, p) in [("auto", Precision::Auto), ("f32", Precision::F32), ("int8", Precision::Int8)] {
+            assert_eq!(text.parse::<Precision>().unwrap(), p);
+            assert_eq!(p.to_string(), text);
+        }
+        assert!("fp16".parse::<Precision>().is_err());
+        assert_eq!(Precision::F32.resolve(), Precision::F32);
+        assert_eq!(Precision::Int8.resolve(), Precision::Int8);
+        let auto = Precision::Auto.resolve();
+        assert_eq!(auto == Precision::Int8, crate::classifier::qgemm::vnni_available());
+    }
+
     #[test]
     fn softmax_masks_padding_and_sums_to_one() {
         let mut row = vec![1.0f32, 2.0, 3.0, 100.0, -5.0];
-        generic::softmax(&mut row, 3);
+        generic::softmax_impl(&mut row, 3);
         assert_eq!(&row[3..], &[0.0, 0.0]);
         assert!((row[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
         let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|x| x.exp()).collect();

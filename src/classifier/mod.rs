@@ -15,6 +15,9 @@ pub mod encoder;
 pub mod fused;
 pub mod heads;
 pub mod pool;
+pub mod qgemm;
+
+pub use fused::Precision;
 
 use crate::config::ClassifierConfig;
 use crate::router::{ScoreSource, Scores};
@@ -26,6 +29,8 @@ use std::sync::{Arc, RwLock};
 /// The classifier service.
 pub struct Classifier {
     pool: pool::Pool,
+    /// What runs the encoder's linear layers (`Encoder::describe`), for `/healthz`.
+    precision: String,
     heads: Arc<RwLock<Arc<Heads>>>,
     heads_store: HeadsStore,
     min_task_confidence: f64,
@@ -51,10 +56,13 @@ impl Classifier {
     pub fn load(cfg: &ClassifierConfig, min_task_confidence: f64) -> anyhow::Result<Classifier> {
         let heads_store = HeadsStore::new(&cfg.heads_dir);
         let heads = Arc::new(RwLock::new(Arc::new(heads_store.load_current()?)));
-        let encoder = encoder::Encoder::load(&cfg.model_dir, cfg.max_tokens)?;
+        let encoder = encoder::Encoder::load_with(&cfg.model_dir, cfg.max_tokens, cfg.precision)?;
+        let precision = encoder.describe();
+        tracing::info!(precision = %precision, "encoder loaded");
         let pool = pool::Pool::start(encoder, heads.clone(), cfg)?;
         Ok(Classifier {
             pool,
+            precision,
             heads,
             heads_store,
             min_task_confidence,
@@ -160,6 +168,7 @@ impl Scorer {
                 "enabled": true,
                 "heads_version": c.heads().manifest.version,
                 "queue_depth": c.pool.queue_depth(),
+                "precision": c.precision,
             }),
         }
     }

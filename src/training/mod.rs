@@ -37,7 +37,16 @@ pub struct EmbeddingCache {
 impl EmbeddingCache {
     /// The cache file for the current feature rule inside `dir`.
     pub fn in_dir(dir: &Path) -> EmbeddingCache {
-        Self::open(dir.join(format!("embeddings-{EMBED_RULE}-{FEATURE_DIM}.bin")))
+        Self::in_dir_for(dir, crate::classifier::Precision::F32)
+    }
+
+    /// The cache file for embeddings computed at `precision` (f32: the file [`Self::in_dir`] names).
+    pub fn in_dir_for(dir: &Path, precision: crate::classifier::Precision) -> EmbeddingCache {
+        let suffix = match precision.resolve() {
+            crate::classifier::Precision::F32 => String::new(),
+            p => format!("-{p}"),
+        };
+        Self::open(dir.join(format!("embeddings-{EMBED_RULE}-{FEATURE_DIM}{suffix}.bin")))
     }
 
     pub fn open(path: PathBuf) -> EmbeddingCache {
