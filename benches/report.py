@@ -90,31 +90,34 @@ if enc:
     out.append(f"### Encoder (load average at start: {load_notes.get('encoder', '?')})\n")
     out.append("f32 matmul GFLOP/s on this machine: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(peaks.items())))
     out.append(f"\nFLOP floor = matmul FLOPs / {peak:.1f} GFLOP/s ({peak_name}, the best measured).\n" if peak else "")
-    out.append("| tokens | matmul GFLOP | floor ms | Ladder ms | Ladder / floor | candle BertModel ms | sentence-transformers ms | ST / Ladder |")
-    out.append("|---|---|---|---|---|---|---|---|")
+    ms = lambda label: enc[label]["median_ms"] if label in enc else None
+    out.append("Ladder's default precision is `auto`: int8 on CPUs with AVX-512 VNNI (this one), else f32. "
+               "2 threads unless marked 1t.\n")
+    out.append("| tokens | matmul GFLOP | f32 floor ms | Ladder int8 ms | int8 / floor | Ladder f32 ms | f32 / floor | int8 1t ms | f32 1t ms | "
+               "candle BertModel ms | sentence-transformers ms | ST / Ladder int8 |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in ("16", "64", "128", "256"):
         e = enc.get(f"encoder_single/{n}")
-        c = enc.get(f"candle_single/{n}")
         if not e:
             continue
+        q, q1, e1, c = ms(f"encoder_int8_single/{n}"), ms(f"encoder_int8_1t_single/{n}"), ms(f"encoder_1t_single/{n}"), ms(f"candle_single/{n}")
         floor = e["flops"] / (peak * 1e9) * 1e3 if peak else None
         s = st["single"][n]["median_ms"] if st else None
+        ratio = lambda v: f(v / floor) if (v and floor) else "–"
         out.append(
-            f"| {n} | {e['flops'] / 1e9:.2f} | {f(floor)} | {f(e['median_ms'])} | {f(e['median_ms'] / floor) if floor else '–'} | "
-            f"{f(c['median_ms']) if c else '–'} | {f(s)} | {f(s / e['median_ms']) if s else '–'} |"
+            f"| {n} | {e['flops'] / 1e9:.2f} | {f(floor)} | {f(q)} | {ratio(q)} | {f(e['median_ms'])} | {ratio(e['median_ms'])} | {f(q1)} | {f(e1)} | "
+            f"{f(c)} | {f(s)} | {f(s / q) if (s and q) else '–'} |"
         )
-    out.append("\n| batch of 64-token prompts | Ladder ms | prompts/s | candle BertModel ms | sentence-transformers ms | prompts/s |")
-    out.append("|---|---|---|---|---|---|")
+    out.append("\n| batch of 64-token prompts | Ladder int8 ms | prompts/s | Ladder f32 ms | prompts/s | candle BertModel ms | sentence-transformers ms | prompts/s |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    pps = lambda b, v: f(int(b) / v * 1e3, 1) if v else "–"
     for b in ("1", "8", "32"):
-        e = enc.get(f"encoder_batch/{b}")
-        c = enc.get(f"candle_batch/{b}")
-        if not e:
+        e = ms(f"encoder_batch/{b}")
+        if e is None:
             continue
+        q, c = ms(f"encoder_int8_batch/{b}"), ms(f"candle_batch/{b}")
         s = st["batch"][b]["median_ms"] if st else None
-        out.append(
-            f"| {b} | {f(e['median_ms'])} | {f(int(b) / e['median_ms'] * 1e3, 1)} | {f(c['median_ms']) if c else '–'} | {f(s)} | "
-            f"{f(int(b) / s * 1e3, 1) if s else '–'} |"
-        )
+        out.append(f"| {b} | {f(q)} | {pps(b, q)} | {f(e)} | {pps(b, e)} | {f(c)} | {f(s)} | {pps(b, s)} |")
     t = [v for k, v in enc.items() if k.startswith("tokenize/")]
     if t:
         out.append(f"\nTokenization (system + user, {t[0]['label'].split('/')[1]} tokens): {t[0]['median_ms'] * 1e3:.0f} µs")

@@ -330,14 +330,14 @@ step_encoder() {
     need_bin
     load_note encoder
     log "encoder: criterion (benches/classifier.rs)"
-    rm -rf target/criterion/encoder_* target/criterion/matmul_f32 target/criterion/tokenize
-    (cd "$ROOT" && "$BIN/classifier" --bench) 2>&1 | tee "$LOGS/criterion.log" | grep -E "^(encoder|matmul|tokenize)|time:|thrpt:" >&2
+    rm -rf target/criterion/encoder_* target/criterion/candle_* target/criterion/matmul_f32 target/criterion/tokenize
+    (cd "$ROOT" && "$BIN/classifier" --bench) 2>&1 | tee "$LOGS/criterion.log" | grep -E "^(encoder|candle|matmul|tokenize)|time:|thrpt:" >&2
     python3 - >"$RES/encoder.jsonl" <<'PY'
 import glob, json, os
 for f in sorted(glob.glob("target/criterion/*/*/new/estimates.json")):
     parts = f.split(os.sep)
     group, name = parts[-4], parts[-3]
-    if not (group.startswith("encoder_") or group in ("matmul_f32", "tokenize")):
+    if not (group.startswith(("encoder_", "candle_")) or group in ("matmul_f32", "tokenize")):
         continue
     e = json.load(open(f))
     bench = json.load(open(f.replace("estimates.json", "benchmark.json")))

@@ -73,6 +73,11 @@ pub struct StoreConfig {
     pub keep_prompts: bool,
     /// Most records committed in one transaction.
     pub max_batch: usize,
+    /// Release a response only after its decision record is committed (the default): every
+    /// answer a client saw has its record, even across `kill -9`. `false` releases the response
+    /// at once and commits in the background (records are still never dropped on a clean
+    /// shutdown, but a crash can lose the last batch); it trims the added tail latency.
+    pub wait_for_commit: bool,
 }
 
 impl Default for StoreConfig {
@@ -84,6 +89,7 @@ impl Default for StoreConfig {
             connect_timeout_ms: 5_000,
             keep_prompts: true,
             max_batch: 256,
+            wait_for_commit: true,
         }
     }
 }

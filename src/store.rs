@@ -158,6 +158,10 @@ pub struct Store {
     tx: mpsc::Sender<WriteOp>,
     pool: Pool,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Whether [`Store::commit`] waits for the record's commit (`store.wait_for_commit`).
+    wait_for_commit: bool,
+    /// SQLite's WAL checkpointer (stops when the last clone is dropped or on [`Store::close`]).
+    maintenance: Arc<Mutex<Option<sqlite::Checkpointer>>>,
     /// Detached records still waiting for room in the queue; [`Store::flush`] waits for them.
     waiting: Arc<(AtomicUsize, tokio::sync::Notify)>,
 }
@@ -249,7 +253,8 @@ impl Store {
     /// database cannot be reached or its schema cannot be created.
     pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
         let db = Database::open(cfg)?;
-        let conn = off_runtime(|| db.connect())?;
+        let conn = off_runtime(|| db.connect_writer())?;
+        let maintenance = off_runtime(|| db.maintenance())?;
         let max_batch = cfg.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch * 8);
         let writer_db = db.clone();
@@ -260,6 +265,8 @@ impl Store {
             tx,
             pool: Pool::new(db),
             writer: Arc::new(Mutex::new(Some(handle))),
+            maintenance: Arc::new(Mutex::new(maintenance)),
+            wait_for_commit: cfg.wait_for_commit,
             waiting: Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new())),
         })
     }
@@ -267,6 +274,16 @@ impl Store {
     /// The read pool (shared with the key cache).
     pub fn pool(&self) -> Pool {
         self.pool.clone()
+    }
+
+    /// The record of a request whose response is about to be released: [`Store::append`] (wait
+    /// for the commit) unless `store.wait_for_commit = false`, then [`Store::append_detached`].
+    pub async fn commit(&self, record: DecisionRecord) {
+        if self.wait_for_commit {
+            self.append(record).await
+        } else {
+            self.append_detached(record)
+        }
     }
 
     /// Queue a record and wait until it is committed.
@@ -319,6 +336,10 @@ impl Store {
     /// Flush, then stop the writer (other clones can no longer write).
     pub async fn close(self) {
         self.flush().await;
+        let maintenance = self.maintenance.lock().ok().and_then(|mut m| m.take());
+        if let Some(m) = maintenance {
+            let _ = tokio::task::spawn_blocking(move || m.stop()).await; // a last checkpoint
+        }
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         drop(self.tx);
         if let Some(h) = handle {

@@ -239,6 +239,73 @@ both_backends!(
 );
 
 /// Replicas starting together create the schema once, without errors.
+/// `store.wait_for_commit`: by default `commit` returns only once the record is committed (a
+/// reader sees it at once); with `false` it returns at once and the record lands in the
+/// background, still never dropped (flush and close wait for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_waits_for_the_record_unless_configured_not_to() {
+    let store = Store::open(&sqlite()).unwrap();
+    for i in 0..20 {
+        store.commit(rec(i, "a")).await;
+        assert_eq!(
+            store.count().await.unwrap(),
+            i as u64 + 1,
+            "commit returned before its record was committed"
+        );
+    }
+    store.close().await;
+
+    let mut cfg = sqlite();
+    cfg.wait_for_commit = false;
+    let path = cfg.sqlite_path();
+    let store = Store::open(&cfg).unwrap();
+    for i in 0..300 {
+        store.commit(rec(i, "a")).await;
+    }
+    store.close().await;
+    let store = Store::open(&StoreConfig::sqlite(path)).unwrap();
+    assert_eq!(store.count().await.unwrap(), 300, "background commits were lost on close");
+    store.close().await;
+}
+
+/// The SQLite writer leaves checkpoints to a background thread: records reach the main database
+/// file (not only the WAL) while the store is open, and `close` checkpoints what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_off_the_writer() {
+    let cfg = sqlite();
+    let path = cfg.sqlite_path();
+    let store = Store::open(&cfg).unwrap();
+    for i in 0..500 {
+        store.append_detached(rec(i, "a"));
+    }
+    store.flush().await;
+    // The main file alone (copied without its WAL) must hold every record within a few
+    // checkpoint periods.
+    let rows_in_main_file = |tag: &str| -> i64 {
+        let copy = path.with_extension(format!("{tag}.copy"));
+        std::fs::copy(&path, &copy).unwrap();
+        let conn = rusqlite::Connection::open(&copy).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0)).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    let mut k = 0;
+    while Instant::now() < deadline {
+        k += 1;
+        n = rows_in_main_file(&format!("t{k}"));
+        if n == 500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 500, "the WAL was not checkpointed into the database file");
+    for i in 500..510 {
+        store.append(rec(i, "a")).await;
+    }
+    store.close().await;
+    assert_eq!(rows_in_main_file("closed"), 510, "close() left records only in the WAL");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas_create_the_schema_concurrently() {
     let Some(pg) = PgCluster::start() else { return };

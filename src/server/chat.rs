@@ -334,14 +334,15 @@ impl RecordGuard {
         r.embedding = embedding;
     }
 
-    /// Fill in the outcome and commit the record (waits for the group commit).
+    /// Fill in the outcome and commit the record (waits for the group commit unless
+    /// `store.wait_for_commit = false`).
     async fn finish(mut self, outcome: &str, http_status: u16, error: Option<String>) {
         let Some(mut r) = self.record.take() else { return };
         finalize(&mut r, outcome, http_status, error, self.t0);
         if let Some(res) = self.reservation.take() {
             res.settle(&r);
         }
-        self.store.append(r).await;
+        self.store.commit(r).await;
     }
 }
 

@@ -147,6 +147,24 @@ impl Database {
         })
     }
 
+    /// A connection for the log's single writer (SQLite: one that leaves checkpoints to
+    /// [`Database::maintenance`]).
+    pub fn connect_writer(&self) -> anyhow::Result<Box<dyn Conn>> {
+        Ok(match self {
+            Database::Sqlite(path) => Box::new(sqlite::connect_writer(path)?),
+            Database::Postgres(t) => Box::new(t.connect()?),
+        })
+    }
+
+    /// Background upkeep while the log is open (SQLite: the WAL checkpointer), stopped when the
+    /// returned handle is dropped.
+    pub fn maintenance(&self) -> anyhow::Result<Option<sqlite::Checkpointer>> {
+        Ok(match self {
+            Database::Sqlite(path) => Some(sqlite::Checkpointer::spawn(path, sqlite::CHECKPOINT_EVERY)?),
+            Database::Postgres(_) => None,
+        })
+    }
+
     /// For messages: the file, or the URL without its password.
     pub fn describe(&self) -> String {
         match self {
