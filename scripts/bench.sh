@@ -270,6 +270,17 @@ step_proxy() {
     done
     log "proxy: decision log rows $(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from decisions').fetchone()[0])" "$RUN/proxy.db")"
     stop_pid "$LADDER_PID"
+    # The same with store.wait_for_commit = false (responses released before their record's
+    # commit): how much of the added tail latency is the durable log.
+    write_config "$RUN/ladder-nowait.toml" false "$RUN/nowait.db"
+    sed -i 's/^\[store\]/[store]\nwait_for_commit = false/' "$RUN/ladder-nowait.toml"
+    rm -f "$RUN"/nowait.db*
+    start_ladder "$RUN/ladder-nowait.toml" nowait
+    for rate in $BENCH_RATES; do
+        oha_rate proxy.jsonl "ladder-nowait" "$ladder" "$rate" false "$LADDER_KEY"
+    done
+    wrk_sat proxy.jsonl "ladder-nowait" "$ladder" false "$LADDER_KEY"
+    stop_pid "$LADDER_PID"
     stop_pid "$FAKE_PID"
 }
 
