@@ -95,7 +95,8 @@ path = "$3"
 enabled = $2
 model_dir = "$ROOT/models/all-MiniLM-L6-v2"
 heads_dir = "$ROOT/models/heads"
-workers = ${CLASSIFIER_WORKERS:-1}
+workers = ${CLASSIFIER_WORKERS:-0}
+threads_per_worker = ${CLASSIFIER_THREADS_PER_WORKER:-1}
 max_batch = ${CLASSIFIER_MAX_BATCH:-32}
 ${CLASSIFIER_PRECISION:+precision = \"$CLASSIFIER_PRECISION\"}
 

@@ -283,3 +283,54 @@ async fn repeated_prompts_hit_the_cache_and_score_identically() {
     assert_eq!(a.task_probs, b.task_probs);
     assert_eq!(a.difficulty, b.difficulty);
 }
+
+/// The thread layout of the inference pool (per-core workers, one worker splitting every product
+/// over several threads, the shared rayon pool) changes where the work runs, never the result:
+/// every product column and attention head is computed whole by one thread.
+#[tokio::test]
+async fn scores_do_not_depend_on_the_inference_thread_layout() {
+    let prompts = [
+        "Write a Rust function that parses an ISO 8601 date.",
+        "What is 7 + 5?",
+        "Traduis en anglais : « le chat dort sur le canapé ».",
+        "Summarize the plot of Hamlet in two sentences.",
+    ];
+    let mut runs = Vec::new();
+    for (workers, threads_per_worker) in [(2, 1), (1, 2), (1, 0)] {
+        let cfg = ClassifierConfig {
+            workers,
+            threads_per_worker,
+            cache_entries: 0,
+            ..classifier_config()
+        };
+        let c = Arc::new(Classifier::load(&cfg, 0.35).unwrap());
+        // Concurrent submissions, so that batches form and both workers take some.
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let c = c.clone();
+                let p = p.to_string();
+                tokio::spawn(async move { score(&c, &p).await })
+            })
+            .collect();
+        let mut scores = Vec::new();
+        for h in handles {
+            scores.push(h.await.unwrap());
+        }
+        runs.push(((workers, threads_per_worker), scores));
+    }
+    let (_, reference) = &runs[0];
+    for (layout, scores) in &runs[1..] {
+        for ((a, b), prompt) in reference.iter().zip(scores).zip(prompts) {
+            for (pa, pb) in a.task_probs.iter().zip(&b.task_probs) {
+                assert!(
+                    (pa - pb).abs() < 1e-4,
+                    "{layout:?} {prompt}: {:?} vs {:?}",
+                    a.task_probs,
+                    b.task_probs
+                );
+            }
+            assert!((a.difficulty - b.difficulty).abs() < 1e-4, "{layout:?} {prompt}");
+        }
+    }
+}

@@ -31,6 +31,8 @@ pub struct Classifier {
     pool: pool::Pool,
     /// What runs the encoder's linear layers (`Encoder::describe`), for `/healthz`.
     precision: String,
+    /// Inference workers and threads per worker (0 = the shared pool), for `/healthz`.
+    workers: (usize, usize),
     heads: Arc<RwLock<Arc<Heads>>>,
     heads_store: HeadsStore,
     min_task_confidence: f64,
@@ -58,11 +60,13 @@ impl Classifier {
         let heads = Arc::new(RwLock::new(Arc::new(heads_store.load_current()?)));
         let encoder = encoder::Encoder::load_with(&cfg.model_dir, cfg.max_tokens, cfg.precision)?;
         let precision = encoder.describe();
-        tracing::info!(precision = %precision, "encoder loaded");
+        let workers = (cfg.worker_count(), cfg.threads_per_worker);
+        tracing::info!(precision = %precision, workers = workers.0, threads_per_worker = workers.1, "encoder loaded");
         let pool = pool::Pool::start(encoder, heads.clone(), cfg)?;
         Ok(Classifier {
             pool,
             precision,
+            workers,
             heads,
             heads_store,
             min_task_confidence,
@@ -169,6 +173,8 @@ impl Scorer {
                 "heads_version": c.heads().manifest.version,
                 "queue_depth": c.pool.queue_depth(),
                 "precision": c.precision,
+                "workers": c.workers.0,
+                "threads_per_worker": c.workers.1,
             }),
         }
     }

@@ -78,12 +78,26 @@ impl Pool {
             capacity: cfg.cache_entries,
         }));
         let encoder = Arc::new(encoder);
-        for i in 0..cfg.workers {
+        for i in 0..cfg.worker_count() {
             let (rx, depth, cache, encoder) = (rx.clone(), depth.clone(), cache.clone(), encoder.clone());
             let max_batch = cfg.max_batch;
+            // A worker with its own threads runs its forward passes inside its own rayon pool,
+            // so that the matrix products' column split and the attention tasks stay on them.
+            let own_threads = match cfg.threads_per_worker {
+                0 => None,
+                n => Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .thread_name(move |t| format!("ladder-classifier-{i}-{t}"))
+                        .build()?,
+                ),
+            };
             std::thread::Builder::new()
                 .name(format!("ladder-classifier-{i}"))
-                .spawn(move || worker(rx, depth, cache, encoder, max_batch))?;
+                .spawn(move || match own_threads {
+                    Some(threads) => threads.install(|| worker(rx, depth, cache, encoder, max_batch)),
+                    None => worker(rx, depth, cache, encoder, max_batch),
+                })?;
         }
         Ok(Pool { tx, depth, cache, heads })
     }
