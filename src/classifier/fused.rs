@@ -308,22 +308,81 @@ impl FusedBert {
         if l > self.max_pos {
             bail!("sequence of {l} tokens is longer than the model's {} positions", self.max_pos);
         }
-        let mut starts = Vec::with_capacity(n + 1);
+        for seq in batch {
+            if let Some(&id) = seq.iter().find(|&&id| id as usize >= self.vocab) {
+                bail!("token id {id} is outside the vocabulary");
+            }
+        }
+        let mut out = vec![0f32; n * l * h];
+        // Sequences go through the layers in groups of at most ROWS_PER_PASS tokens (a longer
+        // sequence alone): the activations of a group stay in cache, the buffers are reused
+        // from one group and one call to the next, and batching more rows than that gains
+        // nothing (the weight panels are already reused over ROWS_PER_PASS rows).
+        SCRATCH.with(|cell| {
+            let mut fresh = Scratch::default();
+            // Re-entrant use on one thread (a rayon worker that steals another forward pass
+            // while it waits) gets its own buffers.
+            let mut held = cell.try_borrow_mut();
+            let scratch = match held.as_deref_mut() {
+                Ok(s) => s,
+                Err(_) => &mut fresh,
+            };
+            let mut g0 = 0;
+            while g0 < n {
+                let mut rows = batch[g0].len();
+                let mut g1 = g0 + 1;
+                while g1 < n && rows + batch[g1].len() <= ROWS_PER_PASS {
+                    rows += batch[g1].len();
+                    g1 += 1;
+                }
+                self.forward_group(&batch[g0..g1], scratch, &mut out[g0 * l * h..g1 * l * h], l)?;
+                g0 = g1;
+            }
+            anyhow::Ok(())
+        })?;
+        Ok(Tensor::from_vec(out, (n, l, h), &self.device)?)
+    }
+
+    /// One group of sequences through the embeddings and every layer; sequence `b`'s last hidden
+    /// states go to `out[b * l * h..]` (rows past its length are left as they are).
+    fn forward_group(&self, batch: &[&[u32]], scratch: &mut Scratch, out: &mut [f32], l: usize) -> anyhow::Result<()> {
+        let h = self.hidden;
+        let n = batch.len();
+        let starts = &mut scratch.starts;
+        starts.clear();
         starts.push(0);
         for s in batch {
             starts.push(starts.last().copied().unwrap_or(0) + s.len());
         }
         let m = starts[n];
         let k = kernels();
+        // Every buffer is overwritten before it is read, so they only grow, never get cleared.
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        grow(&mut scratch.x, m * h);
+        grow(&mut scratch.qkv, m * 3 * h);
+        grow(&mut scratch.ctx, m * h);
+        grow(&mut scratch.x1, m * h);
+        grow(&mut scratch.act, m * self.inter);
+        let Scratch {
+            starts,
+            x,
+            qkv,
+            ctx,
+            x1,
+            act,
+            attention,
+        } = scratch;
+        let (x, qkv, ctx) = (&mut x[..m * h], &mut qkv[..m * 3 * h], &mut ctx[..m * h]);
+        let (x1, act) = (&mut x1[..m * h], &mut act[..m * self.inter]);
 
         // Embeddings + layer norm.
-        let mut x = vec![0f32; m * h];
         for (b, seq) in batch.iter().enumerate() {
             for (p, &id) in seq.iter().enumerate() {
                 let id = id as usize;
-                if id >= self.vocab {
-                    bail!("token id {id} is outside the vocabulary");
-                }
                 let row = &mut x[(starts[b] + p) * h..(starts[b] + p + 1) * h];
                 let (wr, pr) = (&self.word[id * h..(id + 1) * h], &self.pos[p * h..(p + 1) * h]);
                 for c in 0..h {
@@ -331,31 +390,25 @@ impl FusedBert {
                 }
             }
         }
-        (k.add_ln)(&mut x, None, None, &self.emb_ln.0, &self.emb_ln.1, self.eps, h);
+        (k.add_ln)(x, None, None, &self.emb_ln.0, &self.emb_ln.1, self.eps, h);
 
-        // Buffers reused by every layer.
-        let mut qkv = vec![0f32; m * 3 * h];
-        let mut ctx = vec![0f32; m * h];
-        let mut x1 = vec![0f32; m * h];
-        let mut act = vec![0f32; m * self.inter];
         let dev = &self.device;
         for layer in &self.layers {
-            layer.wqkv.forward_into(&x, m, &mut qkv, dev)?;
-            self.attention(&qkv, &layer.bqkv, &starts, &mut ctx);
+            layer.wqkv.forward_into(x, m, qkv, dev)?;
+            self.attention(qkv, &layer.bqkv, starts, ctx, attention);
             // x1 = LN(attn + bo + x)
-            layer.wo.forward_into(&ctx, m, &mut x1, dev)?;
-            (k.add_ln)(&mut x1, Some(&layer.bo), Some(&x), &layer.ln1.0, &layer.ln1.1, self.eps, h);
-            layer.w1.forward_into(&x1, m, &mut act, dev)?;
-            (k.bias_gelu)(&mut act, &layer.b1, self.inter);
+            layer.wo.forward_into(ctx, m, x1, dev)?;
+            (k.add_ln)(x1, Some(&layer.bo), Some(x), &layer.ln1.0, &layer.ln1.1, self.eps, h);
+            layer.w1.forward_into(x1, m, act, dev)?;
+            (k.bias_gelu)(act, &layer.b1, self.inter);
             // x = LN(ffn + b2 + x1)
-            layer.w2.forward_into(&act, m, &mut x, dev)?;
-            (k.add_ln)(&mut x, Some(&layer.b2), Some(&x1), &layer.ln2.0, &layer.ln2.1, self.eps, h);
+            layer.w2.forward_into(act, m, x, dev)?;
+            (k.add_ln)(x, Some(&layer.b2), Some(x1), &layer.ln2.0, &layer.ln2.1, self.eps, h);
         }
-        let mut out = vec![0f32; n * l * h];
         for b in 0..n {
             out[b * l * h..(b * l + batch[b].len()) * h].copy_from_slice(&x[starts[b] * h..starts[b + 1] * h]);
         }
-        Ok(Tensor::from_vec(out, (n, l, h), &self.device)?)
+        Ok(())
     }
 
     /// Multi-head self-attention of every sequence (rows `starts[b]..starts[b + 1]` of `qkv`,
@@ -363,7 +416,7 @@ impl FusedBert {
     /// (all heads: its rows are read once, in order), or per (sequence, half of the heads) when
     /// there are fewer sequences than threads; tasks spread over the rayon pool when there is
     /// enough work.
-    fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32]) {
+    fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32], scratch: &mut AttentionScratch) {
         let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
         let k = kernels();
         let n = starts.len() - 1;
@@ -373,43 +426,79 @@ impl FusedBert {
         } else {
             1
         };
+        let run = |work: &mut Vec<f32>, out: &mut Vec<f32>, b: usize, heads: std::ops::Range<usize>| {
+            let (s, len) = (starts[b], starts[b + 1] - starts[b]);
+            out.clear();
+            out.resize(len * heads.len() * d, 0.0);
+            (k.attention)(&qkv[s * 3 * h..(s + len) * 3 * h], len, h, d, heads, bqkv, out, work);
+        };
+        let place = |ctx: &mut [f32], b: usize, heads: &std::ops::Range<usize>, part: &[f32]| {
+            let w = heads.len() * d;
+            for (i, row) in part.chunks_exact(w).enumerate() {
+                let dst = (starts[b] + i) * h + heads.start * d;
+                ctx[dst..dst + w].copy_from_slice(row);
+            }
+        };
+        if threads <= 1 {
+            // One sequence after another, all heads, with this thread's buffers.
+            let AttentionScratch { work, out } = scratch;
+            for b in 0..n {
+                run(work, out, b, 0..nh);
+                place(ctx, b, &(0..nh), out);
+            }
+            return;
+        }
         let splits = if n >= threads { 1 } else { threads.div_ceil(n).min(nh) };
         let per = nh.div_ceil(splits);
         let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..n)
             .flat_map(|b| (0..splits).map(move |t| (b, t * per..((t + 1) * per).min(nh))))
             .filter(|(_, r)| !r.is_empty())
             .collect();
-        let run = |scratch: &mut Vec<f32>, (b, heads): &(usize, std::ops::Range<usize>)| {
-            let (s, len) = (starts[*b], starts[b + 1] - starts[*b]);
-            let mut out = vec![0f32; len * heads.len() * d];
-            (k.attention)(
-                &qkv[s * 3 * h..(s + len) * 3 * h],
-                len,
-                h,
-                d,
-                heads.clone(),
-                bqkv,
-                &mut out,
-                scratch,
-            );
-            out
-        };
-        let results: Vec<Vec<f32>> = if threads > 1 {
-            use rayon::prelude::*;
-            tasks.par_iter().map_init(Vec::new, run).collect()
-        } else {
-            let mut scratch = Vec::new();
-            tasks.iter().map(|t| run(&mut scratch, t)).collect()
-        };
+        use rayon::prelude::*;
+        let results: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map_init(Vec::new, |work, (b, heads)| {
+                let mut out = Vec::new();
+                run(work, &mut out, *b, heads.clone());
+                out
+            })
+            .collect();
         for ((b, heads), part) in tasks.iter().zip(results) {
-            let w = heads.len() * d;
-            for (i, row) in part.chunks_exact(w).enumerate() {
-                let dst = (starts[*b] + i) * h + heads.start * d;
-                ctx[dst..dst + w].copy_from_slice(row);
-            }
+            place(ctx, *b, heads, &part);
         }
     }
 }
+
+/// Tokens that one pass through the layers takes at most (see [`FusedBert::forward`]).
+const ROWS_PER_PASS: usize = 256;
+
+/// Buffers of the forward pass, kept per thread between calls (a few MB: ROWS_PER_PASS rows,
+/// or one longer sequence).
+#[derive(Default)]
+struct Scratch {
+    starts: Vec<usize>,
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    x1: Vec<f32>,
+    act: Vec<f32>,
+    attention: AttentionScratch,
+}
+
+/// The attention kernel's gather buffer and one sequence's output.
+#[derive(Default)]
+struct AttentionScratch {
+    work: Vec<f32>,
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The head size the attention kernel's `p · v` keeps in registers (MiniLM's; others take the
+/// general loop).
+const PV_D: usize = 32;
 
 /// Attention work (FLOPs) above which the heads are spread over threads.
 const ATTENTION_PARALLEL_FLOPS: usize = 1 << 22;
@@ -530,6 +619,12 @@ macro_rules! kernels_impl {
         /// Self-attention of heads `hd0..hd1` over one sequence: `qkv` holds its `len` rows of
         /// `[q | k | v]` (3 · `h` wide, before the bias `bqkv`; q already scaled by 1/sqrt(d));
         /// `out` gets `softmax(q kᵀ) v` of those heads, `len` rows of `(hd1 - hd0) · d`.
+        ///
+        /// One head at a time, so that its working set (kᵀ, a block of scores) stays in L1. q
+        /// and v are read in place; only k is gathered (transposed). Two biases need no pass
+        /// of their own: k's drops out (q·b_k is the same for every key of a query row, and
+        /// softmax ignores a constant), and v's is added to the output (the probabilities of a
+        /// row sum to 1).
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
         pub fn attention_impl(
@@ -545,44 +640,38 @@ macro_rules! kernels_impl {
             const RB: usize = 4; // query rows per block
             const CB: usize = 16; // key columns per block
             let lp = len.div_ceil(CB) * CB;
-            let nh = heads.len();
-            let per_head = 2 * len * d + d * lp;
+            let stride = 3 * h;
+            let w = heads.len() * d;
             scratch.clear();
-            scratch.resize(nh * per_head + RB * lp, 0.0);
-            let (all, s) = scratch.split_at_mut(nh * per_head);
-            // Gather, row by row (sequential reads): per head q (len × d), v (len × d) and
-            // kᵀ (d × lp, zero-padded columns), bias added.
-            for i in 0..len {
-                let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
-                for (t, hd) in heads.clone().enumerate() {
-                    let buf = &mut all[t * per_head..(t + 1) * per_head];
-                    let (q, rest) = buf.split_at_mut(len * d);
-                    let (v, kt) = rest.split_at_mut(len * d);
-                    let (qo, ko, vo) = (hd * d, h + hd * d, 2 * h + hd * d);
-                    for (dst, off) in [(&mut q[i * d..(i + 1) * d], qo), (&mut v[i * d..(i + 1) * d], vo)] {
-                        for ((o, x), b) in dst.iter_mut().zip(&row[off..off + d]).zip(&bqkv[off..off + d]) {
-                            *o = *x + *b;
-                        }
-                    }
-                    for (e, (x, b)) in row[ko..ko + d].iter().zip(&bqkv[ko..ko + d]).enumerate() {
-                        kt[e * lp + i] = *x + *b;
+            // Zeroed once: kᵀ's padding columns (len..lp) are never written and stay 0.
+            scratch.resize(d * lp + RB * lp + RB * d, 0.0);
+            let (kt, rest) = scratch.split_at_mut(d * lp);
+            let (s, qb) = rest.split_at_mut(RB * lp);
+            for (t, hd) in heads.enumerate() {
+                let (qo, ko, vo) = (hd * d, h + hd * d, 2 * h + hd * d);
+                for i in 0..len {
+                    for (e, x) in qkv[i * stride + ko..i * stride + ko + d].iter().enumerate() {
+                        kt[e * lp + i] = *x;
                     }
                 }
-            }
-            let w = nh * d;
-            for t in 0..nh {
-                let buf = &all[t * per_head..(t + 1) * per_head];
-                let (q, rest) = buf.split_at(len * d);
-                let (v, kt) = rest.split_at(len * d);
+                let (bq, bv) = (&bqkv[qo..qo + d], &bqkv[vo..vo + d]);
+                let v = &qkv[vo..];
                 for i0 in (0..len).step_by(RB) {
                     let rows = RB.min(len - i0);
+                    // This block's query rows with their bias (the last row repeated to fill it).
+                    for r in 0..RB {
+                        let src = &qkv[(i0 + r.min(rows - 1)) * stride + qo..][..d];
+                        for ((q, x), b) in qb[r * d..(r + 1) * d].iter_mut().zip(src).zip(bq) {
+                            *q = *x + *b;
+                        }
+                    }
                     // Scores of rows i0.. against all keys, a RB × CB register block at a time.
                     for j0 in (0..lp).step_by(CB) {
                         let mut acc = [[0f32; CB]; RB];
                         for e in 0..d {
                             let kv = &kt[e * lp + j0..e * lp + j0 + CB];
                             for (r, acc) in acc.iter_mut().enumerate() {
-                                let qv = q[(i0 + r.min(rows - 1)) * d + e];
+                                let qv = qb[r * d + e];
                                 for c in 0..CB {
                                     acc[c] = madd(qv, kv[c], acc[c]);
                                 }
@@ -595,15 +684,42 @@ macro_rules! kernels_impl {
                     for r in 0..rows {
                         softmax_impl(&mut s[r * lp..r * lp + len], len);
                     }
-                    // Output rows = p · v.
-                    for r in 0..rows {
+                    // Output rows = p · v (+ v's bias). For MiniLM's head size two rows at a
+                    // time, their 2 × 32 sums in registers across all keys (`pv_pair`).
+                    let mut r = 0;
+                    if d == super::PV_D {
+                        while r + 2 <= rows {
+                            let at = (i0 + r) * w + t * d;
+                            let (first, second) = out[at..].split_at_mut(w);
+                            // SAFETY: v holds len rows of `stride` (the last one at least
+                            // PV_D long), the score rows hold len values, the outputs PV_D.
+                            unsafe {
+                                pv_pair(
+                                    &s[r * lp..r * lp + len],
+                                    &s[(r + 1) * lp..(r + 1) * lp + len],
+                                    &v[..(len - 1) * stride + d],
+                                    stride,
+                                    &mut first[..d],
+                                    &mut second[..d],
+                                )
+                            };
+                            r += 2;
+                        }
+                    }
+                    for r in r..rows {
                         let o = &mut out[(i0 + r) * w + t * d..(i0 + r) * w + (t + 1) * d];
                         o.fill(0.0);
-                        for (j, v) in v.chunks_exact(d).enumerate() {
+                        for j in 0..len {
                             let p = s[r * lp + j];
-                            for (o, v) in o.iter_mut().zip(v) {
+                            for (o, v) in o.iter_mut().zip(&v[j * stride..j * stride + d]) {
                                 *o = madd(p, *v, *o);
                             }
+                        }
+                    }
+                    for r in 0..rows {
+                        let o = &mut out[(i0 + r) * w + t * d..(i0 + r) * w + (t + 1) * d];
+                        for (o, b) in o.iter_mut().zip(bv) {
+                            *o += *b;
                         }
                     }
                 }
@@ -664,6 +780,21 @@ macro_rules! kernels_impl {
 
 mod generic {
     kernels_impl!();
+    /// `o0 = p0 · v`, `o1 = p1 · v` for v of `p0.len()` rows of [`super::PV_D`], `stride` apart.
+    ///
+    /// # Safety
+    /// `p1.len() == p0.len()`, `v.len() >= (p0.len() - 1) * stride + PV_D`, `o0.len() == o1.len() == PV_D`.
+    #[inline(always)]
+    unsafe fn pv_pair(p0: &[f32], p1: &[f32], v: &[f32], stride: usize, o0: &mut [f32], o1: &mut [f32]) {
+        o0.fill(0.0);
+        o1.fill(0.0);
+        for (j, (a, b)) in p0.iter().zip(p1).enumerate() {
+            for ((x, y), v) in o0.iter_mut().zip(o1.iter_mut()).zip(&v[j * stride..j * stride + super::PV_D]) {
+                *x = madd(*a, *v, *x);
+                *y = madd(*b, *v, *y);
+            }
+        }
+    }
     /// a · b + c (no FMA in the baseline: `mul_add` would call libm).
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
@@ -698,6 +829,55 @@ mod avx2 {
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
+    }
+    /// `o0 = p0 · v`, `o1 = p1 · v` for v of `p0.len()` rows of 32, `stride` apart: the 2 × 32
+    /// sums in eight ymm registers, one FMA per (row, 8 outputs, key) in key order (the same
+    /// sums, bit for bit, as the general loop).
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `p1.len() == p0.len()`, `v.len() >= (p0.len() - 1) * stride + 32`,
+    /// `o0.len() == o1.len() == 32`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn pv_pair(p0: &[f32], p1: &[f32], v: &[f32], stride: usize, o0: &mut [f32], o1: &mut [f32]) {
+        use std::arch::x86_64::*;
+        const _: () = assert!(super::PV_D == 32);
+        debug_assert!(p1.len() == p0.len() && v.len() + stride >= p0.len() * stride + 32);
+        debug_assert!(o0.len() == 32 && o1.len() == 32);
+        let z = _mm256_setzero_ps();
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+        let (mut b0, mut b1, mut b2, mut b3) = (z, z, z, z);
+        let vp = v.as_ptr();
+        for j in 0..p0.len() {
+            // SAFETY: row j of v is in bounds (caller's contract).
+            unsafe {
+                let row = vp.add(j * stride);
+                let (v0, v1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+                let (v2, v3) = (_mm256_loadu_ps(row.add(16)), _mm256_loadu_ps(row.add(24)));
+                let x = _mm256_set1_ps(*p0.get_unchecked(j));
+                let y = _mm256_set1_ps(*p1.get_unchecked(j));
+                a0 = _mm256_fmadd_ps(x, v0, a0);
+                a1 = _mm256_fmadd_ps(x, v1, a1);
+                a2 = _mm256_fmadd_ps(x, v2, a2);
+                a3 = _mm256_fmadd_ps(x, v3, a3);
+                b0 = _mm256_fmadd_ps(y, v0, b0);
+                b1 = _mm256_fmadd_ps(y, v1, b1);
+                b2 = _mm256_fmadd_ps(y, v2, b2);
+                b3 = _mm256_fmadd_ps(y, v3, b3);
+            }
+        }
+        // SAFETY: o0 and o1 hold 32 floats each (caller's contract).
+        unsafe {
+            let (x, y) = (o0.as_mut_ptr(), o1.as_mut_ptr());
+            _mm256_storeu_ps(x, a0);
+            _mm256_storeu_ps(x.add(8), a1);
+            _mm256_storeu_ps(x.add(16), a2);
+            _mm256_storeu_ps(x.add(24), a3);
+            _mm256_storeu_ps(y, b0);
+            _mm256_storeu_ps(y.add(8), b1);
+            _mm256_storeu_ps(y.add(16), b2);
+            _mm256_storeu_ps(y.add(24), b3);
+        }
     }
     #[target_feature(enable = "avx2,fma")]
     pub fn bias_gelu(x: &mut [f32], bias: &[f32], width: usize) {
