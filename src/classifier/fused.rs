@@ -649,11 +649,9 @@ macro_rules! kernels_impl {
             let (s, qb) = rest.split_at_mut(RB * lp);
             for (t, hd) in heads.enumerate() {
                 let (qo, ko, vo) = (hd * d, h + hd * d, 2 * h + hd * d);
-                for i in 0..len {
-                    for (e, x) in qkv[i * stride + ko..i * stride + ko + d].iter().enumerate() {
-                        kt[e * lp + i] = *x;
-                    }
-                }
+                // SAFETY: qkv holds len rows of `stride` from 0, k's columns ko..ko + d inside
+                // each; kt holds d rows of lp >= len.
+                unsafe { gather_kt(&qkv[ko..(len - 1) * stride + ko + d], len, stride, d, kt, lp) };
                 let (bq, bv) = (&bqkv[qo..qo + d], &bqkv[vo..vo + d]);
                 let v = &qkv[vo..];
                 for i0 in (0..len).step_by(RB) {
@@ -795,6 +793,18 @@ mod generic {
             }
         }
     }
+    /// `kt[e * lp + i] = k[i * stride + e]`: k's `len` rows of `d`, transposed.
+    ///
+    /// # Safety
+    /// `k.len() >= (len - 1) * stride + d`, `kt.len() >= d * lp`, `lp >= len`.
+    #[inline(always)]
+    unsafe fn gather_kt(k: &[f32], len: usize, stride: usize, d: usize, kt: &mut [f32], lp: usize) {
+        for i in 0..len {
+            for (e, x) in k[i * stride..i * stride + d].iter().enumerate() {
+                kt[e * lp + i] = *x;
+            }
+        }
+    }
     /// a · b + c (no FMA in the baseline: `mul_add` would call libm).
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
@@ -825,6 +835,60 @@ mod generic {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     kernels_impl!();
+    /// `kt[e * lp + i] = k[i * stride + e]`: k's `len` rows of `d`, transposed 8 × 8 at a time
+    /// in registers (the rest element by element).
+    ///
+    /// # Safety
+    /// AVX2 present; `k.len() >= (len - 1) * stride + d`, `kt.len() >= d * lp`, `lp >= len`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn gather_kt(k: &[f32], len: usize, stride: usize, d: usize, kt: &mut [f32], lp: usize) {
+        use std::arch::x86_64::*;
+        debug_assert!(len == 0 || k.len() >= (len - 1) * stride + d);
+        debug_assert!(kt.len() >= d * lp && lp >= len);
+        let (kp, tp) = (k.as_ptr(), kt.as_mut_ptr());
+        let mut i0 = 0;
+        while i0 + 8 <= len {
+            let mut e0 = 0;
+            while e0 + 8 <= d {
+                // SAFETY: rows i0..i0 + 8 < len, columns e0..e0 + 8 <= d (caller's contract).
+                unsafe {
+                    let row = |r: usize| _mm256_loadu_ps(kp.add((i0 + r) * stride + e0));
+                    let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                    let (r4, r5, r6, r7) = (row(4), row(5), row(6), row(7));
+                    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+                    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+                    let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+                    let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+                    let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+                    let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+                    let col = |c: usize| tp.add((e0 + c) * lp + i0);
+                    _mm256_storeu_ps(col(0), _mm256_permute2f128_ps::<0x20>(u0, u4));
+                    _mm256_storeu_ps(col(1), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                    _mm256_storeu_ps(col(2), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                    _mm256_storeu_ps(col(3), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                    _mm256_storeu_ps(col(4), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                    _mm256_storeu_ps(col(5), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                    _mm256_storeu_ps(col(6), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                    _mm256_storeu_ps(col(7), _mm256_permute2f128_ps::<0x31>(u3, u7));
+                }
+                e0 += 8;
+            }
+            for i in i0..i0 + 8 {
+                for e in e0..d {
+                    kt[e * lp + i] = k[i * stride + e];
+                }
+            }
+            i0 += 8;
+        }
+        for i in i0..len {
+            for e in 0..d {
+                kt[e * lp + i] = k[i * stride + e];
+            }
+        }
+    }
     /// a · b + c, one FMA instruction (inlined into the `fma` functions below).
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
