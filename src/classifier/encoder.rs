@@ -186,8 +186,13 @@ impl Encoder {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let (hidden, attention) = self.forward(batch)?;
-        mean_pool(&hidden, &attention)
+        let (hidden, l) = self.forward(batch)?;
+        let h = hidden.len() / (batch.len() * l);
+        Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| mean_pool(&hidden, h, i, l, 0..ids.len()))
+            .collect())
     }
 
     /// Routing features ([`FEATURE_DIM`] floats) for a batch of tokenized prompts.
@@ -196,50 +201,44 @@ impl Encoder {
             return Ok(Vec::new());
         }
         let ids: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
-        let (hidden, attention) = self.forward(&ids)?;
-        let sentence = mean_pool(&hidden, &attention)?;
-        // Focus mask: 1 on each prompt's focus span.
-        let (n, len) = attention.dims2()?;
-        let mut focus = vec![0f32; n * len];
-        for (i, t) in batch.iter().enumerate() {
-            for p in t.focus.0..t.focus.1.min(len) {
-                focus[i * len + p] = 1.0;
-            }
-        }
-        let focus = Tensor::from_vec(focus, (n, len), &self.device)?;
-        let focused = mean_pool(&hidden, &focus)?;
-        Ok(sentence
-            .into_iter()
-            .zip(focused)
-            .map(|(mut s, f)| {
-                s.extend(f);
-                s
+        let (hidden, l) = self.forward(&ids)?;
+        let h = hidden.len() / (batch.len() * l);
+        Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                // The sentence embedding, then the mean of the focus span (the user turn's
+                // first tokens).
+                let mut features = mean_pool(&hidden, h, i, l, 0..t.ids.len());
+                features.extend(mean_pool(&hidden, h, i, l, t.focus.0..t.focus.1.min(t.ids.len())));
+                features
             })
             .collect())
     }
 
-    /// Last hidden states `(n, len, 384)` and the attention mask `(n, len)` of a padded batch.
-    fn forward(&self, batch: &[&[u32]]) -> anyhow::Result<(Tensor, Tensor)> {
-        let max_len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
-        let n = batch.len();
-        let mut ids = Vec::with_capacity(n * max_len);
-        let mut mask = Vec::with_capacity(n * max_len);
-        for seq in batch {
-            ids.extend_from_slice(seq);
-            ids.extend(std::iter::repeat_n(0u32, max_len - seq.len()));
-            mask.extend(std::iter::repeat_n(1u32, seq.len()));
-            mask.extend(std::iter::repeat_n(0u32, max_len - seq.len()));
-        }
-        let attention = Tensor::from_vec(mask, (n, max_len), &self.device)?;
-        let hidden = match &self.model {
-            Model::Fused(m) => m.forward(batch)?, // pads with id 0 and masks padding itself
+    /// Last hidden states `(n, l, 384)` of a batch padded to its longest sequence (`l`),
+    /// row-major; padding rows are not to be read.
+    fn forward(&self, batch: &[&[u32]]) -> anyhow::Result<(Vec<f32>, usize)> {
+        let l = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        match &self.model {
+            Model::Fused(m) => m.forward_flat(batch),
             Model::Candle(m) => {
-                let input_ids = Tensor::from_vec(ids, (n, max_len), &self.device)?;
+                let n = batch.len();
+                let mut ids = Vec::with_capacity(n * l);
+                let mut mask = Vec::with_capacity(n * l);
+                for seq in batch {
+                    ids.extend_from_slice(seq);
+                    ids.extend(std::iter::repeat_n(0u32, l - seq.len()));
+                    mask.extend(std::iter::repeat_n(1u32, seq.len()));
+                    mask.extend(std::iter::repeat_n(0u32, l - seq.len()));
+                }
+                let attention = Tensor::from_vec(mask, (n, l), &self.device)?;
+                let input_ids = Tensor::from_vec(ids, (n, l), &self.device)?;
                 let token_types = input_ids.zeros_like()?;
-                m.forward(&input_ids, &token_types, Some(&attention))?
+                let hidden = m.forward(&input_ids, &token_types, Some(&attention))?;
+                Ok((hidden.flatten_all()?.to_vec1::<f32>()?, l))
             }
-        }; // (n, len, 384)
-        Ok((hidden, attention))
+        }
     }
 
     /// Convenience: embed plain texts (head truncation).
@@ -272,14 +271,22 @@ impl Encoder {
     }
 }
 
-/// Masked mean over tokens, then L2 normalisation (sentence-transformers' pooling).
-fn mean_pool(hidden: &Tensor, mask: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
-    let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-    let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, 384)
-    let counts = mask_f.sum(1)?.clamp(1e-9, f32::MAX)?; // (n, 1)
-    let mean = summed.broadcast_div(&counts)?;
-    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-    Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
+/// Mean of sequence `i`'s hidden states over `span` (rows of `h`, sequences `l` rows apart),
+/// then L2 normalisation (sentence-transformers' pooling); an empty span gives zeros.
+fn mean_pool(hidden: &[f32], h: usize, i: usize, l: usize, span: std::ops::Range<usize>) -> Vec<f32> {
+    let mut sum = vec![0f32; h];
+    let count = span.len();
+    for row in hidden[(i * l + span.start) * h..(i * l + span.end) * h].chunks_exact(h) {
+        for (s, x) in sum.iter_mut().zip(row) {
+            *s += *x;
+        }
+    }
+    if count == 0 {
+        return sum;
+    }
+    let inv = 1.0 / count as f32;
+    let norm = sum.iter().map(|s| (s * inv) * (s * inv)).sum::<f32>().sqrt().max(1e-12);
+    sum.iter().map(|s| s * inv / norm).collect()
 }
 
 /// Keep `ids` whole if they fit in `budget`, else their head (2/3) and tail (1/3).

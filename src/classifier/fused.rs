@@ -299,6 +299,12 @@ impl FusedBert {
     /// only real tokens, and attention runs per sequence over its own tokens, so a short prompt
     /// batched with a long one costs what it costs alone and nothing needs masking.
     pub fn forward(&self, batch: &[&[u32]]) -> anyhow::Result<Tensor> {
+        let (out, l) = self.forward_flat(batch)?;
+        Ok(Tensor::from_vec(out, (batch.len(), l, self.hidden), &self.device)?)
+    }
+
+    /// [`FusedBert::forward`] as a flat row-major buffer, with the padded length `l`.
+    pub fn forward_flat(&self, batch: &[&[u32]]) -> anyhow::Result<(Vec<f32>, usize)> {
         let h = self.hidden;
         let n = batch.len();
         let l = batch.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -340,7 +346,7 @@ impl FusedBert {
             }
             anyhow::Ok(())
         })?;
-        Ok(Tensor::from_vec(out, (n, l, h), &self.device)?)
+        Ok((out, l))
     }
 
     /// One group of sequences through the embeddings and every layer; sequence `b`'s last hidden

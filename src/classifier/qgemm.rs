@@ -313,13 +313,22 @@ macro_rules! portable_impl {
                 let first = outliers.len();
                 if amax > threshold && threshold > 0.0 {
                     // The largest of row's elements are outliers: the scale comes from the rest.
+                    // One pass: the row's largest element at or below the threshold, and which
+                    // 16-wide chunks hold an outlier (a bit each; rows are at most 64 chunks
+                    // wide in MiniLM, wider rows rescan the chunks past 64).
                     let mut r16 = [0f32; 16];
+                    let mut hot = 0u64;
                     let mut chunks = row.chunks_exact(16);
-                    for c in &mut chunks {
+                    for (ci, c) in (&mut chunks).enumerate() {
+                        let mut over = 0f32;
                         for l in 0..16 {
                             let a = c[l].abs();
+                            over = if a > over { a } else { over };
                             let a = if a > threshold { 0.0 } else { a };
                             r16[l] = if a > r16[l] { a } else { r16[l] };
+                        }
+                        if over > threshold {
+                            hot |= 1u64 << ci.min(63);
                         }
                     }
                     amax = r16.iter().fold(0f32, |a, b| if *b > a { *b } else { a });
@@ -329,15 +338,27 @@ macro_rules! portable_impl {
                             amax = a;
                         }
                     }
-                    for (c, v) in row.iter().enumerate() {
-                        if v.abs() > threshold {
-                            outliers.push(super::Outlier {
-                                row: i as u32,
-                                col: c as u32,
-                                val: *v,
-                            });
+                    // The outliers themselves, in column order, from the hot chunks only.
+                    let full = k / 16 * 16;
+                    let mut scan = |from: usize, to: usize| {
+                        for (c, v) in row[from..to].iter().enumerate() {
+                            if v.abs() > threshold {
+                                outliers.push(super::Outlier {
+                                    row: i as u32,
+                                    col: (from + c) as u32,
+                                    val: *v,
+                                });
+                            }
                         }
+                    };
+                    while hot != 0 {
+                        let ci = hot.trailing_zeros() as usize;
+                        hot &= hot - 1;
+                        // Bit 63 stands for chunk 63 and every chunk after it.
+                        let end = if ci == 63 { full } else { (ci + 1) * 16 };
+                        scan(ci * 16, end);
                     }
+                    scan(full, k);
                     let found = &mut outliers[first..];
                     if found.len() > super::MAX_OUTLIERS {
                         // Keep the largest; the next one bounds the rest of the row.
