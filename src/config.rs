@@ -78,6 +78,11 @@ pub struct StoreConfig {
     /// at once and commits in the background (records are still never dropped on a clean
     /// shutdown, but a crash can lose the last batch); it trims the added tail latency.
     pub wait_for_commit: bool,
+    /// SQLite: the largest the write-ahead log may grow, in MiB. Under steady writes SQLite's
+    /// non-blocking checkpoints never catch the log up, so it never rewinds; past this size the
+    /// checkpointer runs a TRUNCATE checkpoint, which holds the writer for a moment (the
+    /// frames the last second added, and an fsync) and empties the file.
+    pub wal_max_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -90,6 +95,7 @@ impl Default for StoreConfig {
             keep_prompts: true,
             max_batch: 256,
             wait_for_commit: true,
+            wal_max_mb: 64,
         }
     }
 }
@@ -112,6 +118,9 @@ impl StoreConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_batch == 0 {
             bail!("store.max_batch: must be positive");
+        }
+        if self.wal_max_mb == 0 {
+            bail!("store.wal_max_mb: must be positive");
         }
         if let Some(env) = &self.password_env
             && (env.is_empty() || env.contains(char::is_whitespace) || env.contains('='))

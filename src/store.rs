@@ -253,7 +253,7 @@ impl Store {
     /// database cannot be reached or its schema cannot be created.
     pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
         let db = Database::open(cfg)?;
-        let conn = off_runtime(|| db.connect_writer())?;
+        let conn = off_runtime(|| db.connect_writer(cfg.wal_max_mb.saturating_mul(1 << 20)))?;
         let maintenance = off_runtime(|| db.maintenance())?;
         let max_batch = cfg.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch * 8);
@@ -570,6 +570,9 @@ fn writer_loop(db: Database, conn: Box<dyn Conn>, mut rx: mpsc::Receiver<WriteOp
                 }
                 WriteOp::Record(_, None) => {}
             }
+        }
+        if let Some(c) = conn.as_mut() {
+            c.upkeep();
         }
     }
 }

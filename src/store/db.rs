@@ -107,6 +107,9 @@ pub trait Conn: Exec + Send {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Exec) -> anyhow::Result<()>) -> anyhow::Result<()>;
     /// True once the connection is unusable (the server closed it): drop it and connect again.
     fn is_broken(&self) -> bool;
+    /// Housekeeping the writer runs between batches, after releasing the last batch's waiters
+    /// (SQLite: keep the WAL under its bound).
+    fn upkeep(&mut self) {}
 }
 
 /// Where the decision log (and the keys table) lives.
@@ -149,9 +152,9 @@ impl Database {
 
     /// A connection for the log's single writer (SQLite: one that leaves checkpoints to
     /// [`Database::maintenance`]).
-    pub fn connect_writer(&self) -> anyhow::Result<Box<dyn Conn>> {
+    pub fn connect_writer(&self, wal_max_bytes: u64) -> anyhow::Result<Box<dyn Conn>> {
         Ok(match self {
-            Database::Sqlite(path) => Box::new(sqlite::connect_writer(path)?),
+            Database::Sqlite(path) => Box::new(sqlite::connect_writer(path, wal_max_bytes)?),
             Database::Postgres(t) => Box::new(t.connect()?),
         })
     }

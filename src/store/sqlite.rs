@@ -7,6 +7,15 @@
 //! never blocks the writer) every [`CHECKPOINT_EVERY`]. A checkpoint is the only step that
 //! fsyncs in this mode; run on the writer, it stalled every response waiting for its record's
 //! commit (p99 5.4 ms vs 1.4 ms added latency at 1000 req/s, see `benches/RESULTS.md`).
+//!
+//! A PASSIVE checkpoint copies the frames that exist when it starts; under steady writes new
+//! ones always follow, so the log is never fully copied and SQLite never rewinds it: the WAL
+//! (and its index, mapped into memory) would grow without bound. A TRUNCATE checkpoint from the
+//! checkpointer thread cannot help: it needs a moment with no writer, and a busy writer never
+//! leaves one. So the writer itself, once the WAL passes `store.wal_max_mb`, runs a TRUNCATE
+//! checkpoint between two batches ([`Conn::upkeep`], after the last batch's responses are
+//! released): it copies what the background checkpoints have not (about a second of frames),
+//! fsyncs and empties the file, once per `wal_max_mb` of records.
 
 use super::db::{ColumnTypes, Conn, Exec, Param, Row};
 use anyhow::Context;
@@ -32,20 +41,43 @@ pub fn connect(path: &Path) -> anyhow::Result<SqliteConn> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let conn = Connection::open(path).with_context(|| format!("opening decision log {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode: a committed transaction survives a process crash (kill -9); only an OS
     // crash or power loss can lose the last commits.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(SqliteConn(conn))
+    Ok(SqliteConn(conn, None))
 }
 
-/// The writer's connection: [`connect`] with auto-checkpoint off (the [`Checkpointer`] does it).
-pub fn connect_writer(path: &Path) -> anyhow::Result<SqliteConn> {
-    let conn = connect(path)?;
+/// The writer's connection: [`connect`] with auto-checkpoint off (the [`Checkpointer`] does it),
+/// which empties the WAL itself once it passes `wal_max_bytes` ([`Conn::upkeep`]).
+pub fn connect_writer(path: &Path, wal_max_bytes: u64) -> anyhow::Result<SqliteConn> {
+    let mut conn = connect(path)?;
     conn.0.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.1 = Some(WalLimit {
+        wal: wal_path(path),
+        max_bytes: wal_max_bytes,
+        checked: std::time::Instant::now(),
+    });
     Ok(conn)
 }
+
+/// The writer's bound on the WAL's size.
+struct WalLimit {
+    wal: std::path::PathBuf,
+    max_bytes: u64,
+    /// When the WAL's size was last looked at (at most every [`WAL_CHECK_EVERY`]).
+    checked: std::time::Instant,
+}
+
+/// How long a statement waits for a lock before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the writer's WAL reset waits for readers before giving up until the next check.
+const WAL_RESET_WAIT: Duration = Duration::from_millis(50);
+
+/// How often the writer looks at the WAL's size.
+const WAL_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// How often the [`Checkpointer`] moves the WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
@@ -64,9 +96,15 @@ impl Checkpointer {
         let thread = std::thread::Builder::new().name("ladder-store-checkpoint".into()).spawn(move || {
             loop {
                 let last = !matches!(stopped.recv_timeout(every), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
-                // (busy, WAL frames, frames checkpointed); errors are retried next time.
-                if let Err(e) = conn.0.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
-                    tracing::warn!(error = %e, "decision log checkpoint failed; retrying later");
+                // Errors are retried next time (the records are safe in the WAL meanwhile). The
+                // last one, after the writer has stopped, also empties the WAL.
+                let mode = if last { "TRUNCATE" } else { "PASSIVE" };
+                // (busy, WAL frames, frames checkpointed)
+                if let Err(e) = conn
+                    .0
+                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(0))
+                {
+                    tracing::warn!(error = %e, mode, "decision log checkpoint failed; retrying later");
                 }
                 if last {
                     break;
@@ -83,7 +121,15 @@ impl Checkpointer {
     }
 }
 
-pub struct SqliteConn(Connection);
+/// The WAL file next to the database at `path` (SQLite names it `<file>-wal`).
+pub fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
+/// A connection; the writer's also carries its WAL bound.
+pub struct SqliteConn(Connection, Option<WalLimit>);
 
 /// Statements on a connection or on an open transaction (which derefs to its connection).
 struct On<'a>(&'a Connection);
@@ -156,5 +202,33 @@ impl Conn for SqliteConn {
 
     fn is_broken(&self) -> bool {
         false
+    }
+
+    fn upkeep(&mut self) {
+        let Some(limit) = self.1.as_mut() else { return };
+        if limit.checked.elapsed() < WAL_CHECK_EVERY {
+            return;
+        }
+        limit.checked = std::time::Instant::now();
+        let size = std::fs::metadata(&limit.wal).map_or(0, |m| m.len());
+        if size <= limit.max_bytes {
+            return;
+        }
+        let started = std::time::Instant::now();
+        // Readers in the WAL (a long `train --from-log` scan, say) make TRUNCATE wait: bound that
+        // wait, since every response waiting for a record waits with it, and retry later.
+        let _ = self.0.busy_timeout(WAL_RESET_WAIT);
+        let result = self.0.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        let _ = self.0.busy_timeout(BUSY_TIMEOUT);
+        match result {
+            Ok(0) => tracing::debug!(
+                wal_bytes = size,
+                took_ms = started.elapsed().as_millis() as u64,
+                "decision log WAL emptied"
+            ),
+            // A reader kept part of the WAL in use past the busy timeout: try again later.
+            Ok(_) => tracing::warn!(wal_bytes = size, "decision log WAL could not be emptied (readers busy); retrying"),
+            Err(e) => tracing::warn!(error = %e, wal_bytes = size, "decision log WAL reset failed; retrying"),
+        }
     }
 }
