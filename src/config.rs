@@ -78,10 +78,10 @@ pub struct StoreConfig {
     /// at once and commits in the background (records are still never dropped on a clean
     /// shutdown, but a crash can lose the last batch); it trims the added tail latency.
     pub wait_for_commit: bool,
-    /// SQLite: the largest the write-ahead log may grow, in MiB. Under steady writes SQLite's
-    /// non-blocking checkpoints never catch the log up, so it never rewinds; past this size the
-    /// checkpointer runs a TRUNCATE checkpoint, which holds the writer for a moment (the
-    /// frames the last second added, and an fsync) and empties the file.
+    /// SQLite: the size in MiB past which the write-ahead log is rewound. Under steady writes
+    /// SQLite's non-blocking checkpoints never catch the log up, so it never rewinds by itself;
+    /// past this size the writer runs a RESTART checkpoint between two batches, which holds it
+    /// for a moment (the frames of the last second, and an fsync), once per this many MiB.
     pub wal_max_mb: u64,
 }
 

@@ -253,8 +253,8 @@ impl Store {
     /// database cannot be reached or its schema cannot be created.
     pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
         let db = Database::open(cfg)?;
-        let conn = off_runtime(|| db.connect_writer(cfg.wal_max_mb.saturating_mul(1 << 20)))?;
-        let maintenance = off_runtime(|| db.maintenance())?;
+        let maintenance = off_runtime(|| db.maintenance(cfg.wal_max_mb.saturating_mul(1 << 20)))?;
+        let conn = off_runtime(|| db.connect_writer(maintenance.as_ref()))?;
         let max_batch = cfg.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch * 8);
         let writer_db = db.clone();

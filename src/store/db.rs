@@ -152,18 +152,18 @@ impl Database {
 
     /// A connection for the log's single writer (SQLite: one that leaves checkpoints to
     /// [`Database::maintenance`]).
-    pub fn connect_writer(&self, wal_max_bytes: u64) -> anyhow::Result<Box<dyn Conn>> {
+    pub fn connect_writer(&self, maintenance: Option<&sqlite::Checkpointer>) -> anyhow::Result<Box<dyn Conn>> {
         Ok(match self {
-            Database::Sqlite(path) => Box::new(sqlite::connect_writer(path, wal_max_bytes)?),
+            Database::Sqlite(path) => Box::new(sqlite::connect_writer(path, maintenance.map(|m| m.wal_reset()))?),
             Database::Postgres(t) => Box::new(t.connect()?),
         })
     }
 
-    /// Background upkeep while the log is open (SQLite: the WAL checkpointer), stopped when the
-    /// returned handle is dropped.
-    pub fn maintenance(&self) -> anyhow::Result<Option<sqlite::Checkpointer>> {
+    /// Background upkeep while the log is open (SQLite: the WAL checkpointer, which keeps the WAL
+    /// near `wal_max_bytes` with the writer's help), stopped when the returned handle is dropped.
+    pub fn maintenance(&self, wal_max_bytes: u64) -> anyhow::Result<Option<sqlite::Checkpointer>> {
         Ok(match self {
-            Database::Sqlite(path) => Some(sqlite::Checkpointer::spawn(path, sqlite::CHECKPOINT_EVERY)?),
+            Database::Sqlite(path) => Some(sqlite::Checkpointer::spawn(path, sqlite::CHECKPOINT_EVERY, wal_max_bytes)?),
             Database::Postgres(_) => None,
         })
     }

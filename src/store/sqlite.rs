@@ -10,18 +10,22 @@
 //!
 //! A PASSIVE checkpoint copies the frames that exist when it starts; under steady writes new
 //! ones always follow, so the log is never fully copied and SQLite never rewinds it: the WAL
-//! (and its index, mapped into memory) would grow without bound. A TRUNCATE checkpoint from the
-//! checkpointer thread cannot help: it needs a moment with no writer, and a busy writer never
-//! leaves one. So the writer itself, once the WAL passes `store.wal_max_mb`, runs a TRUNCATE
-//! checkpoint between two batches ([`Conn::upkeep`], after the last batch's responses are
-//! released): it copies what the background checkpoints have not (about a second of frames),
-//! fsyncs and empties the file, once per `wal_max_mb` of records.
+//! (and its index, mapped into memory) would grow without bound. A blocking checkpoint from the
+//! checkpointer thread cannot fix that without stalling the writer for a whole checkpoint (it
+//! needs a moment with no writer). So the two take turns: once a PASSIVE checkpoint leaves the
+//! WAL larger than `store.wal_max_mb`, the checkpointer raises a [`WalReset`] flag and pauses;
+//! the writer, between two batches (after releasing the last one's responses, see
+//! [`Conn::upkeep`]), runs a RESTART checkpoint, which only has the frames committed since that
+//! PASSIVE one left to copy, and the next transaction rewinds the WAL to its start. The file keeps
+//! its size (about `wal_max_mb`) and is emptied at shutdown.
 
 use super::db::{ColumnTypes, Conn, Exec, Param, Row};
 use anyhow::Context;
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Column types for the shared schema ([`super::db::SCHEMA`]).
@@ -50,34 +54,25 @@ pub fn connect(path: &Path) -> anyhow::Result<SqliteConn> {
 }
 
 /// The writer's connection: [`connect`] with auto-checkpoint off (the [`Checkpointer`] does it),
-/// which empties the WAL itself once it passes `wal_max_bytes` ([`Conn::upkeep`]).
-pub fn connect_writer(path: &Path, wal_max_bytes: u64) -> anyhow::Result<SqliteConn> {
+/// which rewinds the WAL itself when the checkpointer asks ([`WalReset`], [`Conn::upkeep`]).
+pub fn connect_writer(path: &Path, reset: Option<WalReset>) -> anyhow::Result<SqliteConn> {
     let mut conn = connect(path)?;
     conn.0.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.1 = Some(WalLimit {
-        wal: wal_path(path),
-        max_bytes: wal_max_bytes,
-        checked: std::time::Instant::now(),
-    });
+    conn.1 = reset;
     Ok(conn)
 }
 
-/// The writer's bound on the WAL's size.
-struct WalLimit {
-    wal: std::path::PathBuf,
-    max_bytes: u64,
-    /// When the WAL's size was last looked at (at most every [`WAL_CHECK_EVERY`]).
-    checked: std::time::Instant,
-}
+/// "The WAL is over its bound": raised by the [`Checkpointer`], which then stops checkpointing,
+/// and lowered by the writer once it has run the RESTART checkpoint.
+#[derive(Clone, Default)]
+pub struct WalReset(Arc<AtomicBool>);
 
 /// How long a statement waits for a lock before failing with SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the writer's WAL reset waits for readers before giving up until the next check.
-const WAL_RESET_WAIT: Duration = Duration::from_millis(50);
-
-/// How often the writer looks at the WAL's size.
-const WAL_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long the writer's WAL reset waits for readers before giving up (the checkpointer asks
+/// again a second later): responses waiting for their records wait with it.
+const WAL_RESET_WAIT: Duration = Duration::from_millis(20);
 
 /// How often the [`Checkpointer`] moves the WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
@@ -87,15 +82,23 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 pub struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
+    reset: WalReset,
 }
 
 impl Checkpointer {
-    pub fn spawn(path: &Path, every: Duration) -> anyhow::Result<Checkpointer> {
+    pub fn spawn(path: &Path, every: Duration, wal_max_bytes: u64) -> anyhow::Result<Checkpointer> {
         let conn = connect(path)?;
+        let wal = wal_path(path);
+        let reset = WalReset::default();
+        let flag = reset.clone();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("ladder-store-checkpoint".into()).spawn(move || {
             loop {
                 let last = !matches!(stopped.recv_timeout(every), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                // While the writer has a reset to do, stay out of its way.
+                if flag.0.load(Ordering::Acquire) && !last {
+                    continue;
+                }
                 // Errors are retried next time (the records are safe in the WAL meanwhile). The
                 // last one, after the writer has stopped, also empties the WAL.
                 let mode = if last { "TRUNCATE" } else { "PASSIVE" };
@@ -109,9 +112,17 @@ impl Checkpointer {
                 if last {
                     break;
                 }
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > wal_max_bytes) {
+                    flag.0.store(true, Ordering::Release);
+                }
             }
         })?;
-        Ok(Checkpointer { stop, thread })
+        Ok(Checkpointer { stop, thread, reset })
+    }
+
+    /// The flag the writer's connection watches ([`connect_writer`]).
+    pub fn wal_reset(&self) -> WalReset {
+        self.reset.clone()
     }
 
     /// Run a last checkpoint and wait for it (blocking: call it off the async runtime).
@@ -128,8 +139,8 @@ pub fn wal_path(path: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// A connection; the writer's also carries its WAL bound.
-pub struct SqliteConn(Connection, Option<WalLimit>);
+/// A connection; the writer's also watches the checkpointer's [`WalReset`].
+pub struct SqliteConn(Connection, Option<WalReset>);
 
 /// Statements on a connection or on an open transaction (which derefs to its connection).
 struct On<'a>(&'a Connection);
@@ -205,30 +216,21 @@ impl Conn for SqliteConn {
     }
 
     fn upkeep(&mut self) {
-        let Some(limit) = self.1.as_mut() else { return };
-        if limit.checked.elapsed() < WAL_CHECK_EVERY {
-            return;
-        }
-        limit.checked = std::time::Instant::now();
-        let size = std::fs::metadata(&limit.wal).map_or(0, |m| m.len());
-        if size <= limit.max_bytes {
+        let Some(reset) = self.1.as_ref() else { return };
+        if !reset.0.load(Ordering::Acquire) {
             return;
         }
         let started = std::time::Instant::now();
-        // Readers in the WAL (a long `train --from-log` scan, say) make TRUNCATE wait: bound that
-        // wait, since every response waiting for a record waits with it, and retry later.
+        // Readers still in the WAL (a long `train --from-log` scan, say) make RESTART wait: bound
+        // that wait, since every response waiting for a record waits with it.
         let _ = self.0.busy_timeout(WAL_RESET_WAIT);
-        let result = self.0.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        let result = self.0.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
         let _ = self.0.busy_timeout(BUSY_TIMEOUT);
+        reset.0.store(false, Ordering::Release);
         match result {
-            Ok(0) => tracing::debug!(
-                wal_bytes = size,
-                took_ms = started.elapsed().as_millis() as u64,
-                "decision log WAL emptied"
-            ),
-            // A reader kept part of the WAL in use past the busy timeout: try again later.
-            Ok(_) => tracing::warn!(wal_bytes = size, "decision log WAL could not be emptied (readers busy); retrying"),
-            Err(e) => tracing::warn!(error = %e, wal_bytes = size, "decision log WAL reset failed; retrying"),
+            Ok(0) => tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "decision log WAL rewound"),
+            Ok(_) => tracing::warn!("decision log WAL could not be rewound (readers busy); retrying"),
+            Err(e) => tracing::warn!(error = %e, "decision log WAL reset failed; retrying"),
         }
     }
 }
