@@ -90,6 +90,7 @@ listen = "127.0.0.1:$LADDER_PORT"
 
 [store]
 path = "$3"
+${STORE_WAL_MAX_MB:+wal_max_mb = $STORE_WAL_MAX_MB}
 
 [classifier]
 enabled = $2

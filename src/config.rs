@@ -95,7 +95,7 @@ impl Default for StoreConfig {
             keep_prompts: true,
             max_batch: 256,
             wait_for_commit: true,
-            wal_max_mb: 64,
+            wal_max_mb: 256,
         }
     }
 }

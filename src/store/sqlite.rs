@@ -15,8 +15,8 @@
 //! needs a moment with no writer). So the two take turns: once a PASSIVE checkpoint leaves the
 //! WAL larger than `store.wal_max_mb`, the checkpointer raises a [`WalReset`] flag and pauses;
 //! the writer, between two batches (after releasing the last one's responses, see
-//! [`Conn::upkeep`]), runs a RESTART checkpoint, which only has the frames committed since that
-//! PASSIVE one left to copy, and the next transaction rewinds the WAL to its start. The file keeps
+//! [`Conn::upkeep`]), runs a RESTART checkpoint, which only has the frames committed since the
+//! checkpointer's last PASSIVE pass left to copy (it repeats them until few are left), and the next transaction rewinds the WAL to its start. The file keeps
 //! its size (about `wal_max_mb`) and is emptied at shutdown.
 
 use super::db::{ColumnTypes, Conn, Exec, Param, Row};
@@ -74,6 +74,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// again a second later): responses waiting for their records wait with it.
 const WAL_RESET_WAIT: Duration = Duration::from_millis(20);
 
+/// Before asking the writer to rewind, the checkpointer repeats PASSIVE checkpoints (at most
+/// this many) until fewer than [`CATCH_UP_FRAMES`] frames are left uncopied.
+const CATCH_UP_PASSES: usize = 8;
+const CATCH_UP_FRAMES: i64 = 256;
+
 /// How often the [`Checkpointer`] moves the WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
@@ -113,6 +118,16 @@ impl Checkpointer {
                     break;
                 }
                 if std::fs::metadata(&wal).is_ok_and(|m| m.len() > wal_max_bytes) {
+                    // Catch up first, so that the writer's RESTART finds little left to copy:
+                    // each PASSIVE pass copies what arrived during the previous one.
+                    for _ in 0..CATCH_UP_PASSES {
+                        match conn.0.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                        }) {
+                            Ok((log, done)) if log - done > CATCH_UP_FRAMES => continue,
+                            _ => break,
+                        }
+                    }
                     flag.0.store(true, Ordering::Release);
                 }
             }
