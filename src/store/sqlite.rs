@@ -79,6 +79,10 @@ const WAL_RESET_WAIT: Duration = Duration::from_millis(20);
 const CATCH_UP_PASSES: usize = 8;
 const CATCH_UP_FRAMES: i64 = 256;
 
+/// Checkpoint periods the checkpointer waits for the writer to rewind the WAL before it does it
+/// itself (the writer rewinds between batches, so an idle writer never would).
+const IDLE_TAKEOVER_PERIODS: u32 = 3;
+
 /// How often the [`Checkpointer`] moves the WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
@@ -93,31 +97,48 @@ pub struct Checkpointer {
 impl Checkpointer {
     pub fn spawn(path: &Path, every: Duration, wal_max_bytes: u64) -> anyhow::Result<Checkpointer> {
         let conn = connect(path)?;
-        let wal = wal_path(path);
+        // A WAL frame: a 24-byte header and one page.
+        let frame_bytes = 24 + conn.0.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))?.max(512) as u64;
         let reset = WalReset::default();
         let flag = reset.clone();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("ladder-store-checkpoint".into()).spawn(move || {
+            let mut waited = 0;
             loop {
                 let last = !matches!(stopped.recv_timeout(every), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
-                // While the writer has a reset to do, stay out of its way.
+                // While the writer has a rewind to do, stay out of its way; if it has written
+                // nothing for a few periods (idle: no batch, so no upkeep), rewind for it.
                 if flag.0.load(Ordering::Acquire) && !last {
+                    waited += 1;
+                    if waited >= IDLE_TAKEOVER_PERIODS {
+                        if let Err(e) = conn.0.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+                            tracing::warn!(error = %e, "decision log WAL rewind failed; retrying later");
+                        }
+                        flag.0.store(false, Ordering::Release);
+                        waited = 0;
+                    }
                     continue;
                 }
+                waited = 0;
                 // Errors are retried next time (the records are safe in the WAL meanwhile). The
                 // last one, after the writer has stopped, also empties the WAL.
                 let mode = if last { "TRUNCATE" } else { "PASSIVE" };
-                // (busy, WAL frames, frames checkpointed)
-                if let Err(e) = conn
+                // (busy, frames in the WAL, frames copied); the frame count, not the file's size,
+                // says how much the WAL holds: a rewound WAL keeps its file size.
+                let frames = match conn
                     .0
-                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(0))
+                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1))
                 {
-                    tracing::warn!(error = %e, mode, "decision log checkpoint failed; retrying later");
-                }
+                    Ok(frames) => frames,
+                    Err(e) => {
+                        tracing::warn!(error = %e, mode, "decision log checkpoint failed; retrying later");
+                        0
+                    }
+                };
                 if last {
                     break;
                 }
-                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > wal_max_bytes) {
+                if frames.max(0) as u64 * frame_bytes > wal_max_bytes {
                     // Catch up first, so that the writer's RESTART finds little left to copy:
                     // each PASSIVE pass copies what arrived during the previous one.
                     for _ in 0..CATCH_UP_PASSES {
