@@ -422,7 +422,7 @@ impl FusedBert {
     /// (all heads: its rows are read once, in order), or per (sequence, half of the heads) when
     /// there are fewer sequences than threads; tasks spread over the rayon pool when there is
     /// enough work.
-    fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32], scratch: &mut AttentionScratch) {
+    fn attention(&self, qkv: &[f32], bqkv: &[f32], starts: &[usize], ctx: &mut [f32], scratch: &mut Vec<f32>) {
         let (h, nh, d) = (self.hidden, self.heads, self.head_dim);
         let k = kernels();
         let n = starts.len() - 1;
@@ -432,25 +432,21 @@ impl FusedBert {
         } else {
             1
         };
-        let run = |work: &mut Vec<f32>, out: &mut Vec<f32>, b: usize, heads: std::ops::Range<usize>| {
-            let (s, len) = (starts[b], starts[b + 1] - starts[b]);
-            out.clear();
-            out.resize(len * heads.len() * d, 0.0);
-            (k.attention)(&qkv[s * 3 * h..(s + len) * 3 * h], len, h, d, heads, bqkv, out, work);
-        };
-        let place = |ctx: &mut [f32], b: usize, heads: &std::ops::Range<usize>, part: &[f32]| {
-            let w = heads.len() * d;
-            for (i, row) in part.chunks_exact(w).enumerate() {
-                let dst = (starts[b] + i) * h + heads.start * d;
-                ctx[dst..dst + w].copy_from_slice(row);
-            }
-        };
         if threads <= 1 {
-            // One sequence after another, all heads, with this thread's buffers.
-            let AttentionScratch { work, out } = scratch;
+            // One sequence after another, all heads: a sequence's output rows are its rows of
+            // `ctx` (every head, in order), so the kernel writes them in place.
             for b in 0..n {
-                run(work, out, b, 0..nh);
-                place(ctx, b, &(0..nh), out);
+                let (s, e) = (starts[b], starts[b + 1]);
+                (k.attention)(
+                    &qkv[s * 3 * h..e * 3 * h],
+                    e - s,
+                    h,
+                    d,
+                    0..nh,
+                    bqkv,
+                    &mut ctx[s * h..e * h],
+                    scratch,
+                );
             }
             return;
         }
@@ -460,17 +456,23 @@ impl FusedBert {
             .flat_map(|b| (0..splits).map(move |t| (b, t * per..((t + 1) * per).min(nh))))
             .filter(|(_, r)| !r.is_empty())
             .collect();
+        // A task's heads are a column band of its sequence's rows: computed apart, then placed.
         use rayon::prelude::*;
         let results: Vec<Vec<f32>> = tasks
             .par_iter()
             .map_init(Vec::new, |work, (b, heads)| {
-                let mut out = Vec::new();
-                run(work, &mut out, *b, heads.clone());
+                let (s, e) = (starts[*b], starts[b + 1]);
+                let mut out = vec![0f32; (e - s) * heads.len() * d];
+                (k.attention)(&qkv[s * 3 * h..e * 3 * h], e - s, h, d, heads.clone(), bqkv, &mut out, work);
                 out
             })
             .collect();
         for ((b, heads), part) in tasks.iter().zip(results) {
-            place(ctx, *b, heads, &part);
+            let w = heads.len() * d;
+            for (i, row) in part.chunks_exact(w).enumerate() {
+                let dst = (starts[*b] + i) * h + heads.start * d;
+                ctx[dst..dst + w].copy_from_slice(row);
+            }
         }
     }
 }
@@ -488,14 +490,8 @@ struct Scratch {
     ctx: Vec<f32>,
     x1: Vec<f32>,
     act: Vec<f32>,
-    attention: AttentionScratch,
-}
-
-/// The attention kernel's gather buffer and one sequence's output.
-#[derive(Default)]
-struct AttentionScratch {
-    work: Vec<f32>,
-    out: Vec<f32>,
+    /// The attention kernel's gather buffer (kᵀ, scores).
+    attention: Vec<f32>,
 }
 
 thread_local! {

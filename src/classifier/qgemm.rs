@@ -314,8 +314,8 @@ macro_rules! portable_impl {
                 if amax > threshold && threshold > 0.0 {
                     // The largest of row's elements are outliers: the scale comes from the rest.
                     // One pass: the row's largest element at or below the threshold, and which
-                    // 16-wide chunks hold an outlier (a bit each; rows are at most 64 chunks
-                    // wide in MiniLM, wider rows rescan the chunks past 64).
+                    // 16-wide chunks hold an outlier (a bit each for the first 63 chunks; bit 63
+                    // stands for all the rest, e.g. chunks 63..96 of MiniLM's 1536-wide rows).
                     let mut r16 = [0f32; 16];
                     let mut hot = 0u64;
                     let mut chunks = row.chunks_exact(16);

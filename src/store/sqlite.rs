@@ -16,8 +16,9 @@
 //! WAL larger than `store.wal_max_mb`, the checkpointer raises a [`WalReset`] flag and pauses;
 //! the writer, between two batches (after releasing the last one's responses, see
 //! [`Conn::upkeep`]), runs a RESTART checkpoint, which only has the frames committed since the
-//! checkpointer's last PASSIVE pass left to copy (it repeats them until few are left), and the next transaction rewinds the WAL to its start. The file keeps
-//! its size (about `wal_max_mb`) and is emptied at shutdown.
+//! checkpointer's last PASSIVE pass left to copy (it repeats them until few are left), and the
+//! next transaction rewinds the WAL to its start. The file keeps its size (about `wal_max_mb`)
+//! and is emptied at shutdown.
 
 use super::db::{ColumnTypes, Conn, Exec, Param, Row};
 use anyhow::Context;
@@ -111,7 +112,7 @@ impl Checkpointer {
                 if flag.0.load(Ordering::Acquire) && !last {
                     waited += 1;
                     if waited >= IDLE_TAKEOVER_PERIODS {
-                        if let Err(e) = conn.0.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+                        if let Err(e) = checkpoint(&conn.0, "RESTART") {
                             tracing::warn!(error = %e, "decision log WAL rewind failed; retrying later");
                         }
                         flag.0.store(false, Ordering::Release);
@@ -120,36 +121,36 @@ impl Checkpointer {
                     continue;
                 }
                 waited = 0;
-                // Errors are retried next time (the records are safe in the WAL meanwhile). The
-                // last one, after the writer has stopped, also empties the WAL.
-                let mode = if last { "TRUNCATE" } else { "PASSIVE" };
-                // (busy, frames in the WAL, frames copied); the frame count, not the file's size,
-                // says how much the WAL holds: a rewound WAL keeps its file size.
-                let frames = match conn
-                    .0
-                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1))
-                {
-                    Ok(frames) => frames,
-                    Err(e) => {
-                        tracing::warn!(error = %e, mode, "decision log checkpoint failed; retrying later");
-                        0
-                    }
-                };
+                // The last checkpoint, after the writer has stopped, also empties the WAL.
                 if last {
+                    if let Err(e) = checkpoint(&conn.0, "TRUNCATE") {
+                        tracing::warn!(error = %e, "decision log final checkpoint failed");
+                    }
                     break;
                 }
-                if frames.max(0) as u64 * frame_bytes > wal_max_bytes {
-                    // Catch up first, so that the writer's RESTART finds little left to copy:
-                    // each PASSIVE pass copies what arrived during the previous one.
-                    for _ in 0..CATCH_UP_PASSES {
-                        match conn.0.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                        }) {
-                            Ok((log, done)) if log - done > CATCH_UP_FRAMES => continue,
-                            _ => break,
+                // Errors are retried next time (the records are safe in the WAL meanwhile). The
+                // frame count, not the file's size, says how much the WAL holds (a rewound WAL
+                // keeps its file size). Over the bound, catch up first, so that the writer's
+                // RESTART finds little left to copy: each pass copies what arrived during the last.
+                for pass in 0..=CATCH_UP_PASSES {
+                    match checkpoint(&conn.0, "PASSIVE") {
+                        Ok((_, log, _)) if pass == 0 && log.max(0) as u64 * frame_bytes <= wal_max_bytes => break,
+                        Ok((_, log, done)) if log - done > CATCH_UP_FRAMES => {}
+                        Ok(_) => {
+                            flag.0.store(true, Ordering::Release);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "decision log checkpoint failed; retrying later");
+                            if pass > 0 {
+                                flag.0.store(true, Ordering::Release); // over the bound already
+                            }
+                            break;
                         }
                     }
-                    flag.0.store(true, Ordering::Release);
+                    if pass == CATCH_UP_PASSES {
+                        flag.0.store(true, Ordering::Release);
+                    }
                 }
             }
         })?;
@@ -166,6 +167,13 @@ impl Checkpointer {
         drop(self.stop);
         let _ = self.thread.join();
     }
+}
+
+/// `PRAGMA wal_checkpoint(MODE)`: (busy, frames in the WAL, frames copied to the database).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 /// The WAL file next to the database at `path` (SQLite names it `<file>-wal`).
@@ -260,11 +268,11 @@ impl Conn for SqliteConn {
         // Readers still in the WAL (a long `train --from-log` scan, say) make RESTART wait: bound
         // that wait, since every response waiting for a record waits with it.
         let _ = self.0.busy_timeout(WAL_RESET_WAIT);
-        let result = self.0.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        let result = checkpoint(&self.0, "RESTART");
         let _ = self.0.busy_timeout(BUSY_TIMEOUT);
         reset.0.store(false, Ordering::Release);
         match result {
-            Ok(0) => tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "decision log WAL rewound"),
+            Ok((0, _, _)) => tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "decision log WAL rewound"),
             Ok(_) => tracing::warn!("decision log WAL could not be rewound (readers busy); retrying"),
             Err(e) => tracing::warn!(error = %e, "decision log WAL reset failed; retrying"),
         }
